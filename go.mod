@@ -1,0 +1,3 @@
+module sse
+
+go 1.26
