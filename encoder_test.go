@@ -122,7 +122,7 @@ func TestEncodeWire(t *testing.T) {
 	}{
 		{Event{}, "data: \n\n"},
 		{Event{Data: "a\r\nb"}, "data: a\ndata: b\n\n"},
-		{Event{ID: "1", Type: "t", Data: "d", Retry: time.Second}, "id: 1\nevent: t\nretry: 1000\ndata: d\n\n"},
+		{Event{ID: "1", Type: "t", Data: "d", Retry: time.Second}, "event: t\nretry: 1000\ndata: d\nid: 1\n\n"},
 	}
 	for _, tt := range tests {
 		b, err := tt.ev.MarshalText()

@@ -143,10 +143,16 @@ const (
 
 // size returns the exact length of ev.appendTo's output.
 func (ev *Event) size() int {
-	n := 1 // the blank line
+	n := ev.fieldsSize() + 1 // and the blank line
 	if ev.ID != "" {
 		n += len(idPrefix) + len(ev.ID) + 1
 	}
+	return n
+}
+
+// fieldsSize returns the exact length of ev.appendFields's output.
+func (ev *Event) fieldsSize() int {
+	n := 0
 	if ev.Type != "" {
 		n += len(typePrefix) + len(ev.Type) + 1
 	}
@@ -171,11 +177,19 @@ func digits(n int64) int {
 
 // appendTo appends the wire form of ev, which must be valid, to b.
 func (ev *Event) appendTo(b []byte) []byte {
+	b = ev.appendFields(b)
 	if ev.ID != "" {
 		b = append(b, idPrefix...)
 		b = append(b, ev.ID...)
 		b = append(b, '\n')
 	}
+	return append(b, '\n')
+}
+
+// appendFields appends every field of ev but its ID, which comes last on the wire so that a
+// Broker can encode the rest before it assigns the ID. The order of fields within an event
+// does not matter to a client (WHATWG HTML §9.2.6 applies them all at the blank line).
+func (ev *Event) appendFields(b []byte) []byte {
 	if ev.Type != "" {
 		b = append(b, typePrefix...)
 		b = append(b, ev.Type...)
@@ -186,8 +200,7 @@ func (ev *Event) appendTo(b []byte) []byte {
 		b = strconv.AppendInt(b, ev.Retry.Milliseconds(), 10)
 		b = append(b, '\n')
 	}
-	b = appendLines(b, dataPrefix, ev.Data)
-	return append(b, '\n')
+	return appendLines(b, dataPrefix, ev.Data)
 }
 
 // appendLines appends one prefixed line for each line of s; LF, CRLF and a lone CR all end a line.

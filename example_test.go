@@ -14,10 +14,10 @@ func ExampleEncoder() {
 	enc.Comment("keep-alive")
 	enc.Encode(sse.Event{Data: "", Retry: 5 * time.Second})
 	// Output:
-	// id: 1
 	// event: greeting
 	// data: hello
 	// data: world
+	// id: 1
 	//
 	// : keep-alive
 	// retry: 5000

@@ -1,3 +1,95 @@
 // Package sse sends Server-Sent Events from a net/http server to browsers' EventSource and
-// other clients, following the WHATWG HTML "Server-sent events" section to the letter.
+// other clients, exactly as the WHATWG HTML "Server-sent events" section specifies.
+//
+// Mount a [Broker]'s handler on a route and publish from anywhere in the program:
+//
+//	b := sse.NewBroker()
+//	mux.Handle("/events", b.Handler())
+//	b.Publish(sse.Event{Type: "tick", Data: "42"})
+//
+// For a stream that belongs to one response only (a reply streamed word by word), use
+// [NewStream]; to write events to any io.Writer, use an [Encoder].
+//
+// # Events
+//
+// An [Event] reaches every conforming client exactly as it was published, with one exception
+// the format forces: each line break in Data (LF, CRLF or a lone CR) arrives as LF. Empty data,
+// leading and trailing white space, NUL, a byte order mark and any other valid UTF-8 arrive
+// unchanged. What cannot be represented (a line break in Type, invalid UTF-8, an ID that would
+// not come back unchanged in the Last-Event-ID header, a negative or too large Retry) is
+// refused with a [*FieldError] naming the field, and nothing is written or published.
+//
+// # Topics
+//
+// Every Publish goes to one or more topics, and every stream reads one or more; with none named
+// both use the default topic, "". A client subscribed to several topics receives each event
+// once, in publish order, even when it was published to several of them. Handler serves fixed
+// topics; to choose them per request (from the path, the query or the signed-in user), call
+// [Broker.ServeEvents] from your own handler, after refusing requests you do not serve with an
+// ordinary error response:
+//
+//	mux.HandleFunc("GET /rooms/{room}/events", func(w http.ResponseWriter, r *http.Request) {
+//		if !mayRead(r, r.PathValue("room")) {
+//			http.Error(w, "forbidden", http.StatusForbidden)
+//			return
+//		}
+//		b.ServeEvents(w, r, "room:"+r.PathValue("room"))
+//	})
+//
+// # Replay
+//
+// Each topic keeps its last 1024 events ([WithHistory], and optionally [WithHistoryAge]).
+// The Broker gives every event an ID, unless the publisher set one: a prefix chosen at random
+// when the Broker is made, and a sequence number that increases with every Publish across all
+// topics. When a client reconnects with a Last-Event-ID header (EventSource sends it by
+// itself) or a lastEventId query parameter, it first receives exactly the events of its topics
+// published after that one, then the live ones, with no gap and no duplicate between the two.
+//
+// If the Broker cannot resume from the ID, because no event it holds has it (it came from an
+// earlier run of the process, say) or because events after it have already left the history,
+// the client first receives an event of type [MissedType] with empty data, then every event
+// still held: it may have missed some, and should refresh its state. A client that connects
+// without a Last-Event-ID receives only the events published after it connects.
+//
+// # Slow clients
+//
+// Publish never waits for a client: it appends one shared copy of the event to each topic's
+// history and wakes the clients waiting on it, and each client's handler writes what it has
+// not yet sent, in batches when it is behind. A client that falls further behind than the
+// history holds, or whose write does not finish within the write timeout ([WithWriteTimeout],
+// 10s), is disconnected; its EventSource reconnects and replays what it missed, or receives
+// [MissedType]. Memory is bounded by the history, whatever the clients do. The same per-write
+// deadline keeps a server's WriteTimeout from cutting streams.
+//
+// # Heartbeats and close detection
+//
+// A client that has been sent nothing for a heartbeat interval ([WithHeartbeat], 15s) gets a
+// comment line, which keeps proxies from closing the stream and reveals a client that vanished
+// without closing its connection. A client that closes its connection is noticed at once
+// through the request's context, and any failed write or flush ends its stream.
+//
+// # Shutdown
+//
+// [Broker.Shutdown] ends every stream with a retry hint spread over a few seconds, so that
+// clients reconnect to the next process without all arriving at once, and from then on Publish
+// returns [ErrClosed]. An http.Server's Shutdown waits for streams to end, which they never do
+// on their own: register the Broker's Shutdown with the server.
+//
+//	srv.RegisterOnShutdown(func() { b.Shutdown(context.Background()) })
+//
+// # Limits and HTTP
+//
+// [WithMaxClients] bounds the number of open streams. EventSource gives up for good on any
+// status but 200 (and 204 means "never come back"), so a client over the limit, or one that
+// arrives during shutdown, gets 200 with only a retry hint, and tries again later.
+// Streams are served to GET requests only (others get 405), with Content-Type
+// text/event-stream, Cache-Control no-cache and X-Accel-Buffering no (which stops nginx from
+// buffering), over HTTP/1.1 and HTTP/2 alike. Middleware that wraps the ResponseWriter must
+// offer Unwrap (see http.ResponseController) for flushes and write deadlines to reach it.
+//
+// # Concurrency
+//
+// Broker is safe for concurrent use. Each stream is written only by the goroutine net/http
+// runs its handler on; the Broker starts no goroutine per client and none of its own.
+// Encoder and Stream are not safe for concurrent use.
 package sse

@@ -1,0 +1,671 @@
+package sse
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// ErrClosed is returned by Publish after Shutdown has been called.
+var ErrClosed = errors.New("sse: broker shut down")
+
+// MissedType is the Type of the event a Broker sends first to a client that reconnects with a
+// Last-Event-ID it cannot resume from: one it never assigned (from an earlier run of the
+// process, say), or one whose successors have left the history. Events may have been lost;
+// the retained history follows, so a client that gets this event should refresh its state.
+// The event has empty data and no id.
+const MissedType = "missed"
+
+// Option configures a Broker.
+type Option func(*options)
+
+type options struct {
+	history      int
+	historyAge   time.Duration
+	heartbeat    time.Duration
+	retry        time.Duration
+	writeTimeout time.Duration
+	maxClients   int
+}
+
+// WithHistory sets how many events each topic keeps, 1024 if n is not positive. The history
+// is what reconnecting clients replay, and also how far a client may fall behind before it is
+// disconnected.
+func WithHistory(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.history = n
+		}
+	}
+}
+
+// WithHistoryAge drops events from the history once they are older than d. By default, and
+// when d is not positive, events leave the history only when newer ones push them out.
+func WithHistoryAge(d time.Duration) Option {
+	return func(o *options) { o.historyAge = d }
+}
+
+// WithHeartbeat sets how often a comment line is sent to a client that has been sent nothing
+// else, 15s by default (when d is zero); a negative d sends none. Heartbeats keep proxies from
+// closing idle streams and find clients that left without a word.
+func WithHeartbeat(d time.Duration) Option {
+	return func(o *options) {
+		if d != 0 {
+			o.heartbeat = d
+		}
+	}
+}
+
+// WithRetry sets the reconnection delay sent to each client when its stream starts, 3s by
+// default (when d is not positive). When the broker shuts down or turns a client away, the
+// hint it sends instead is spread between d and 2d, so that clients do not all come back in
+// the same millisecond.
+func WithRetry(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.retry = min(d, maxRetry)
+		}
+	}
+}
+
+// WithWriteTimeout sets how long one write to a client may take before the client is
+// disconnected as stalled, 10s by default (when d is not positive). The deadline is set
+// for each write, so a server's WriteTimeout does not cut long-lived streams.
+func WithWriteTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.writeTimeout = d
+		}
+	}
+}
+
+// WithMaxClients limits how many streams may be open at once; by default (n not positive)
+// there is no limit. A client over the limit is told to retry later, see [Broker.ServeEvents].
+func WithMaxClients(n int) Option {
+	return func(o *options) { o.maxClients = max(n, 0) }
+}
+
+// Broker fans published events out to every client subscribed to their topics, keeps a
+// bounded history per topic for clients that reconnect, and never lets a slow client hold
+// anyone else up. Broker is safe for concurrent use.
+type Broker struct {
+	opts   options
+	prefix string        // starts every ID this broker assigns; unique to this broker
+	done   chan struct{} // closed by Shutdown
+
+	// mu guards the fields below it and all topics and groups. Publish and subscription
+	// changes hold it exclusively; clients reading the history share it.
+	mu        sync.RWMutex
+	seq       uint64 // the sequence number of the last event published
+	topics    map[string]*topic
+	groups    map[string]*group
+	clients   int
+	closed    bool
+	beat      chan struct{} // closed and replaced at every heartbeat tick
+	beatTimer *time.Timer   // ticks while clients > 0
+	drained   chan struct{} // once closed, closed when clients reaches 0
+
+	stats struct {
+		clients, published, delivered, slow, replays, unknownReplays, refused atomic.Int64
+	}
+}
+
+// A topic is the history of one topic: a ring of the last events published to it, which is
+// both the queue its clients read from and what reconnecting clients replay.
+type topic struct {
+	name    string
+	ring    []entry // grows up to opts.history; position p is at ring[p%len(ring)]
+	tail    uint64  // position of the oldest event held
+	head    uint64  // position of the next event
+	evicted uint64  // sequence number of the newest event dropped from the ring, 0 if none
+	groups  []*group
+}
+
+type entry struct {
+	seq   uint64
+	at    int64  // publish time in Unix nanoseconds, kept only with a history age
+	id    string // the event's ID, as the client will send it back
+	frame []byte // the whole event on the wire; shared by every client, never modified
+}
+
+// A group is the clients subscribed to the same set of topics. They share one wake-up
+// channel, so that Publish does work per group, not per client.
+type group struct {
+	key     string // the topics' names, sorted, joined by NUL
+	topics  []*topic
+	clients int
+
+	wakeMu sync.Mutex    // guards wake while Broker.mu is held shared
+	wake   chan struct{} // closed by Publish to wake the group's clients; nil when none waits
+}
+
+// NewBroker returns a Broker with replay history, heartbeats and a retry hint on, each with the
+// default its option documents.
+func NewBroker(opts ...Option) *Broker {
+	b := &Broker{
+		opts: options{
+			history:      1024,
+			heartbeat:    15 * time.Second,
+			retry:        3 * time.Second,
+			writeTimeout: defaultWriteTimeout,
+		},
+		prefix: newIDPrefix(),
+		done:   make(chan struct{}),
+		topics: make(map[string]*topic),
+		groups: make(map[string]*group),
+	}
+	for _, opt := range opts {
+		opt(&b.opts)
+	}
+	if b.opts.heartbeat > 0 {
+		b.beat = make(chan struct{})
+	}
+	return b
+}
+
+// newIDPrefix returns a random prefix for a broker's IDs, so that an ID from an earlier run of
+// the process is never mistaken for one of this run's.
+func newIDPrefix() string {
+	// math/rand/v2 is seeded afresh from the operating system at every start.
+	return strconv.FormatUint(rand.Uint64()>>24, 36) + "-"
+}
+
+// Publish sends ev to every client subscribed to one of topics (the default topic if none is
+// given) and adds it to those topics' history. It never blocks on a client. If ev.ID is empty,
+// the broker assigns one that increases with every Publish; either way Publish returns the
+// event's ID. An Event that cannot be represented on the wire is refused with an error
+// wrapping ErrInvalidEvent; after Shutdown, Publish returns ErrClosed.
+func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
+	if err := ev.validate(); err != nil {
+		return "", err
+	}
+	if len(topics) == 0 {
+		topics = defaultTopics
+	}
+	// Encode everything but the ID before taking the lock; the ID, which depends on the
+	// sequence number, is written last.
+	var frame []byte
+	if ev.ID != "" {
+		frame = ev.appendTo(make([]byte, 0, ev.size()))
+		id = ev.ID
+	} else {
+		frame = ev.appendFields(make([]byte, 0, ev.fieldsSize()+len(idPrefix)+len(b.prefix)+20+2))
+	}
+	var at int64
+	if b.opts.historyAge > 0 {
+		at = time.Now().UnixNano()
+	}
+
+	var wakeBuf [4]chan struct{}
+	wake := wakeBuf[:0]
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return "", ErrClosed
+	}
+	b.seq++
+	if id == "" {
+		frame = append(frame, idPrefix...)
+		start := len(frame)
+		frame = append(frame, b.prefix...)
+		frame = strconv.AppendUint(frame, b.seq, 10)
+		// The frame is never modified once built, so the ID can share its bytes.
+		id = unsafe.String(&frame[start], len(frame)-start)
+		frame = append(frame, "\n\n"...)
+	}
+	e := entry{seq: b.seq, at: at, id: id, frame: frame}
+	for i, name := range topics {
+		if slices.Contains(topics[:i], name) {
+			continue // once per topic, however often it is named
+		}
+		t := b.topics[name]
+		if t == nil {
+			t = &topic{name: name}
+			b.topics[name] = t
+		}
+		t.append(e, b.opts.history)
+		if b.opts.historyAge > 0 {
+			t.dropOlder(at - int64(b.opts.historyAge))
+		}
+		for _, g := range t.groups {
+			if g.wake != nil {
+				wake = append(wake, g.wake)
+				g.wake = nil
+			}
+		}
+	}
+	b.mu.Unlock()
+	for _, c := range wake {
+		close(c)
+	}
+	b.stats.published.Add(1)
+	return id, nil
+}
+
+var defaultTopics = []string{""}
+
+// append adds e to the ring, dropping the oldest event if the ring holds limit already.
+func (t *topic) append(e entry, limit int) {
+	if t.head-t.tail == uint64(len(t.ring)) {
+		if len(t.ring) < limit {
+			t.grow(min(limit, max(8, 2*len(t.ring))))
+		} else {
+			t.evicted = t.ring[t.tail%uint64(len(t.ring))].seq
+			t.tail++
+		}
+	}
+	t.ring[t.head%uint64(len(t.ring))] = e
+	t.head++
+}
+
+func (t *topic) grow(n int) {
+	ring := make([]entry, n)
+	for p := t.tail; p < t.head; p++ {
+		ring[p%uint64(n)] = t.ring[p%uint64(len(t.ring))]
+	}
+	t.ring = ring
+}
+
+// dropOlder drops the events published before the Unix time cutoff (in nanoseconds).
+func (t *topic) dropOlder(cutoff int64) {
+	for t.tail < t.head {
+		e := &t.ring[t.tail%uint64(len(t.ring))]
+		if e.at >= cutoff {
+			return
+		}
+		t.evicted = e.seq
+		*e = entry{}
+		t.tail++
+	}
+}
+
+func (t *topic) at(p uint64) *entry { return &t.ring[p%uint64(len(t.ring))] }
+
+// after returns the position of the first event held with a sequence number above seq.
+func (t *topic) after(seq uint64) uint64 {
+	lo, hi := t.tail, t.head
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if t.at(mid).seq <= seq {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
+// Handler returns an http.Handler that streams the events of topics (the default topic if
+// none is given) to each client; see ServeEvents.
+func (b *Broker) Handler(topics ...string) http.Handler {
+	topics = slices.Clone(topics)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.ServeEvents(w, r, topics...)
+	})
+}
+
+// ServeEvents streams the events published to topics (the default topic if none is given) to
+// the client of r, until the client goes away, falls too far behind, or the broker shuts down.
+// Call it from a handler that chooses the topics per request; refuse a request before calling
+// it with an ordinary error response.
+//
+// A client that sends a Last-Event-ID header (or, for clients that cannot set headers, a
+// lastEventId query parameter) first receives the events it missed; see the package
+// documentation on replay. A request that is not a GET gets 405. Once the broker is shut down
+// or over its client limit, ServeEvents answers 200 with only a retry hint and ends the
+// response, so that an EventSource comes back later: any other status would stop it for good.
+func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	setHeaders(w.Header())
+	s := flushWriter{w: w, rc: http.NewResponseController(w), timeout: b.opts.writeTimeout}
+
+	c, missed, err := b.join(topics, lastEventID(r))
+	if err != nil {
+		b.stats.refused.Add(1)
+		s.write(b.retryLater())
+		return
+	}
+	defer b.leave(c)
+	preamble := appendRetry(nil, b.opts.retry)
+	if missed {
+		preamble = append(preamble, missedFrame...)
+	}
+	if s.write(preamble) != nil {
+		return
+	}
+
+	ctx := r.Context()
+	for {
+		frames, wake, beat, lost := c.next(b)
+		if lost {
+			b.stats.slow.Add(1)
+			return
+		}
+		if len(frames) > 0 {
+			err := s.write(frames...)
+			clear(frames) // let the ring drop them
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					b.stats.slow.Add(1)
+				}
+				return
+			}
+			b.stats.delivered.Add(int64(len(frames)))
+			c.idle = false
+			continue
+		}
+		select {
+		case <-wake:
+		case <-beat:
+			if c.idle && s.write(heartbeat) != nil {
+				return
+			}
+			c.idle = true
+		case <-ctx.Done():
+			return
+		case <-b.done:
+			s.write(b.retryLater())
+			return
+		}
+	}
+}
+
+var (
+	heartbeat   = []byte(":\n")
+	missedFrame = []byte("event: " + MissedType + "\ndata: \n\n")
+)
+
+// lastEventID returns the ID of the last event the client of r saw, if it says.
+func lastEventID(r *http.Request) string {
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		return id
+	}
+	if strings.Contains(r.URL.RawQuery, "lastEventId") {
+		return r.URL.Query().Get("lastEventId")
+	}
+	return ""
+}
+
+func appendRetry(b []byte, d time.Duration) []byte {
+	b = append(b, retryPrefix...)
+	b = strconv.AppendInt(b, d.Milliseconds(), 10)
+	return append(b, "\n\n"...)
+}
+
+// retryLater returns a retry hint between the configured retry delay and twice that.
+func (b *Broker) retryLater() []byte {
+	d := b.opts.retry + rand.N(b.opts.retry)
+	return appendRetry(nil, min(d, maxRetry))
+}
+
+// A client is one open stream's place in the history of its topics.
+type client struct {
+	g       *group
+	cursors []uint64 // for each of g.topics, the position of the next event to send
+	frames  [][]byte // reused for every batch
+	idle    bool     // nothing was sent since the last heartbeat tick
+}
+
+// maxBatch bounds how many events a client writes between flushes, and so the memory it holds.
+const maxBatch = 128
+
+// next returns the client's next events, in publish order, and advances its cursors. When there
+// are none, it returns the channels that are closed when there may be. lost reports that the
+// client fell further behind than the history holds.
+func (c *client) next(b *Broker) (frames [][]byte, wake, beat <-chan struct{}, lost bool) {
+	frames = c.frames[:0]
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	topics := c.g.topics
+	for i, t := range topics {
+		if c.cursors[i] < t.tail {
+			return nil, nil, nil, true
+		}
+	}
+	if len(topics) == 1 {
+		t := topics[0]
+		for p := c.cursors[0]; p < t.head && len(frames) < maxBatch; p++ {
+			frames = append(frames, t.at(p).frame)
+		}
+		c.cursors[0] += uint64(len(frames))
+	} else {
+		frames = c.merge(frames)
+	}
+	c.frames = frames
+	if len(frames) > 0 {
+		return frames, nil, nil, false
+	}
+	c.g.wakeMu.Lock()
+	if c.g.wake == nil {
+		c.g.wake = make(chan struct{})
+	}
+	wake = c.g.wake
+	c.g.wakeMu.Unlock()
+	return nil, wake, b.beat, false
+}
+
+// merge appends the events of several topics in sequence order, each event once however many
+// of the topics it was published to.
+func (c *client) merge(frames [][]byte) [][]byte {
+	topics := c.g.topics
+	for len(frames) < maxBatch {
+		var next *entry
+		for i, t := range topics {
+			if p := c.cursors[i]; p < t.head && (next == nil || t.at(p).seq < next.seq) {
+				next = t.at(p)
+			}
+		}
+		if next == nil {
+			return frames
+		}
+		frames = append(frames, next.frame)
+		for i, t := range topics {
+			if p := c.cursors[i]; p < t.head && t.at(p).seq == next.seq {
+				c.cursors[i]++
+			}
+		}
+	}
+	return frames
+}
+
+var errFull = errors.New("sse: too many clients")
+
+// join subscribes a new client to topics, placing it after the event lastID names, or at the
+// end of the history if lastID is empty. missed reports that lastID was unknown or that events
+// after it were dropped, in which case the client starts at the oldest event held.
+func (b *Broker) join(names []string, lastID string) (c *client, missed bool, err error) {
+	if len(names) == 0 {
+		names = defaultTopics
+	} else {
+		names = slices.Compact(slices.Sorted(slices.Values(names)))
+	}
+	key := strings.Join(names, "\x00")
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, false, ErrClosed
+	}
+	if b.opts.maxClients > 0 && b.clients >= b.opts.maxClients {
+		return nil, false, errFull
+	}
+	g := b.groups[key]
+	if g == nil {
+		g = &group{key: key}
+		for _, name := range names {
+			t := b.topics[name]
+			if t == nil {
+				t = &topic{name: name}
+				b.topics[name] = t
+			}
+			t.groups = append(t.groups, g)
+			g.topics = append(g.topics, t)
+		}
+		b.groups[key] = g
+	}
+	g.clients++
+	b.clients++
+	b.stats.clients.Add(1)
+	if b.clients == 1 && b.beat != nil {
+		if b.beatTimer == nil {
+			b.beatTimer = time.AfterFunc(b.opts.heartbeat, b.tick)
+		} else {
+			b.beatTimer.Reset(b.opts.heartbeat)
+		}
+	}
+
+	c = &client{g: g, cursors: make([]uint64, len(g.topics))}
+	if lastID == "" {
+		for i, t := range g.topics {
+			c.cursors[i] = t.head
+		}
+		return c, false, nil
+	}
+	if b.opts.historyAge > 0 {
+		cutoff := time.Now().Add(-b.opts.historyAge).UnixNano()
+		for _, t := range g.topics {
+			t.dropOlder(cutoff)
+		}
+	}
+	seq, known := b.lookup(g.topics, lastID)
+	for i, t := range g.topics {
+		c.cursors[i] = t.after(seq)
+		if t.evicted > seq {
+			known = false
+		}
+	}
+	if known {
+		b.stats.replays.Add(1)
+	} else {
+		b.stats.unknownReplays.Add(1)
+	}
+	return c, !known, nil
+}
+
+// lookup returns the sequence number of the event with the given ID, or 0 and false if no
+// event of topics has it.
+func (b *Broker) lookup(topics []*topic, id string) (seq uint64, ok bool) {
+	if s, found := strings.CutPrefix(id, b.prefix); found {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err == nil && n > 0 && n <= b.seq && strconv.FormatUint(n, 10) == s {
+			return n, true
+		}
+		return 0, false
+	}
+	// An ID the application chose: the newest event that has it.
+	for _, t := range topics {
+		for p := t.head; p > t.tail && t.at(p-1).seq > seq; p-- {
+			if e := t.at(p - 1); e.id == id {
+				seq, ok = e.seq, true
+				break
+			}
+		}
+	}
+	return seq, ok
+}
+
+// leave unsubscribes c, forgetting its group and topics when nothing else needs them.
+func (b *Broker) leave(c *client) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g := c.g
+	if g.clients--; g.clients == 0 {
+		delete(b.groups, g.key)
+		for _, t := range g.topics {
+			t.groups = slices.DeleteFunc(t.groups, func(x *group) bool { return x == g })
+			if len(t.groups) == 0 && t.head == t.tail {
+				delete(b.topics, t.name)
+			}
+		}
+	}
+	b.clients--
+	b.stats.clients.Add(-1)
+	if b.clients == 0 {
+		if b.beatTimer != nil {
+			b.beatTimer.Stop()
+		}
+		if b.drained != nil {
+			close(b.drained)
+		}
+	}
+}
+
+// tick closes the heartbeat channel, waking every idle client, and starts the next interval.
+func (b *Broker) tick() {
+	b.mu.Lock()
+	if b.clients == 0 || b.closed {
+		b.mu.Unlock()
+		return
+	}
+	old := b.beat
+	b.beat = make(chan struct{})
+	b.beatTimer.Reset(b.opts.heartbeat)
+	b.mu.Unlock()
+	close(old)
+}
+
+// Shutdown ends every stream, each with a retry hint, and makes Publish return ErrClosed. It
+// returns once every stream has ended, or with ctx's error if ctx is done first. Shutdown is
+// idempotent and safe to call from any goroutine. To end streams when an http.Server shuts
+// down, register it with the server's RegisterOnShutdown; see the package example.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.done)
+		if b.beatTimer != nil {
+			b.beatTimer.Stop()
+		}
+		b.drained = make(chan struct{})
+		if b.clients == 0 {
+			close(b.drained)
+		}
+	}
+	drained := b.drained
+	b.mu.Unlock()
+	select {
+	case <-drained:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Stats are a Broker's counters since it was made. They marshal to JSON as they are, for
+// expvar.Func or a status page.
+type Stats struct {
+	Clients         int64 // streams open now
+	Published       int64 // events Publish accepted
+	Delivered       int64 // events written to clients, once per client
+	SlowDisconnects int64 // clients disconnected for falling behind the history or stalling a write
+	Replays         int64 // streams that resumed from a known Last-Event-ID
+	UnknownReplays  int64 // streams whose Last-Event-ID could not be resumed from (sent MissedType)
+	Refused         int64 // requests turned away with a retry hint: over the client limit or shut down
+}
+
+// Stats returns the broker's counters. It takes no lock and is cheap enough to poll.
+func (b *Broker) Stats() Stats {
+	s := &b.stats
+	return Stats{
+		Clients:         s.clients.Load(),
+		Published:       s.published.Load(),
+		Delivered:       s.delivered.Load(),
+		SlowDisconnects: s.slow.Load(),
+		Replays:         s.replays.Load(),
+		UnknownReplays:  s.unknownReplays.Load(),
+		Refused:         s.refused.Load(),
+	}
+}

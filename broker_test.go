@@ -1,0 +1,709 @@
+package sse
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestHeaders(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		// The response arrives before anything is published: headers are flushed at once,
+		// so EventSource's onopen fires before the first event.
+		ts := s.openN(t, "/", 1)
+		h := ts.resp.Header
+		want := map[string]string{
+			"Content-Type":      "text/event-stream; charset=utf-8",
+			"Cache-Control":     "no-cache",
+			"X-Accel-Buffering": "no",
+			"Content-Length":    "",
+			"Content-Encoding":  "",
+			"Connection":        "",
+		}
+		for k, v := range want {
+			if got := h.Get(k); got != v {
+				t.Errorf("header %s = %q, want %q", k, got, v)
+			}
+		}
+		if ts.resp.ContentLength != -1 {
+			t.Errorf("ContentLength = %d, want -1 (streamed)", ts.resp.ContentLength)
+		}
+		publish(t, b, "x")
+		if ev := ts.next(); ev.Data != "x" {
+			t.Errorf("first event data %q, want %q", ev.Data, "x")
+		}
+		if got := ts.dec.Retry(); got != 3000 {
+			t.Errorf("retry hint = %d ms, want 3000", got)
+		}
+	})
+}
+
+func TestMethodNotAllowed(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		for _, method := range []string{"POST", "PUT", "DELETE", "HEAD"} {
+			req, _ := http.NewRequest(method, s.URL, nil)
+			resp, err := s.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
+				t.Errorf("%s: status %d, Allow %q; want 405, GET", method, resp.StatusCode, resp.Header.Get("Allow"))
+			}
+		}
+		if got := b.Stats().Clients; got != 0 {
+			t.Errorf("Clients = %d, want 0", got)
+		}
+	})
+}
+
+// TestFanOut publishes to varied sets of topics and checks that each client receives exactly
+// the events of its topics, once each, in publish order.
+func TestFanOut(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			b.ServeEvents(w, r, r.URL.Query()["t"]...)
+		})
+		s := newServer(t, m, b, mux)
+
+		subs := [][]string{{"a"}, {"a"}, {"b"}, {"a", "b"}, {"b", "a", "b"}, {"a", "b", "c"}, {"c"}, {}, {"", "c"}}
+		streams := make([]*testStream, len(subs))
+		for i, topics := range subs {
+			q := ""
+			for _, tp := range topics {
+				q += "&t=" + tp
+			}
+			streams[i] = s.openN(t, "/?"+q, i+1)
+		}
+		pubs := [][]string{{"a"}, {"b"}, {"a", "b"}, {"c"}, {}, {"a", "a"}, {"c", "b", "a"}, {"", "c"}, {"b"}, {"d"}}
+		want := make([][]string, len(subs))
+		for round := 0; round < 20; round++ {
+			for j, topics := range pubs {
+				data := fmt.Sprintf("%d/%d", round, j)
+				publish(t, b, data, topics...)
+				for i, sub := range subs {
+					if len(sub) == 0 {
+						sub = []string{""}
+					}
+					pt := topics
+					if len(pt) == 0 {
+						pt = []string{""}
+					}
+					if slices.ContainsFunc(sub, func(s string) bool { return slices.Contains(pt, s) }) {
+						want[i] = append(want[i], data)
+					}
+				}
+			}
+		}
+		var wg sync.WaitGroup
+		for i, ts := range streams {
+			wg.Go(func() {
+				for j, w := range want[i] {
+					ev, err := ts.dec.Next()
+					if err != nil || ev.Data != w {
+						t.Errorf("client %v, event %d: %q, %v; want %q", subs[i], j, ev.Data, err, w)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		// Nothing more arrives: publish a marker to every topic and check it comes next.
+		publish(t, b, "end", "", "a", "b", "c")
+		for i, ts := range streams {
+			if ev := ts.next(); ev.Data != "end" {
+				t.Errorf("client %v: %q after its events, want %q", subs[i], ev.Data, "end")
+			}
+		}
+	})
+}
+
+func TestReplay(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		ts := s.openN(t, "/", 1)
+		for _, d := range seqData("e", 0, 5) {
+			publish(t, b, d)
+		}
+		evs := ts.expect(seqData("e", 0, 5)...)
+		last := evs[4].LastEventID
+		ts.close()
+		waitFor(t, "the client to leave", func() bool { return b.Stats().Clients == 0 })
+
+		for _, d := range seqData("e", 5, 10) {
+			publish(t, b, d)
+		}
+		for _, how := range []string{"header", "query"} {
+			t.Run(how, func(t *testing.T) {
+				var ts *testStream
+				if how == "header" {
+					ts = s.open(t, "/", last)
+				} else {
+					ts = s.open(t, "/?lastEventId="+last, "")
+				}
+				want := seqData("e", 5, 10)
+				if how == "query" {
+					want = append(want, "live-header")
+				}
+				got := ts.expect(want...)
+				for i := 1; i < len(got); i++ {
+					if got[i].LastEventID == got[i-1].LastEventID {
+						t.Errorf("events %d and %d share ID %q", i-1, i, got[i].LastEventID)
+					}
+				}
+				// Then live events, with nothing in between.
+				waitFor(t, "the client to join", func() bool { return b.Stats().Clients == 1 })
+				publish(t, b, "live-"+how)
+				ts.expect("live-" + how)
+				ts.close()
+				waitFor(t, "the client to leave", func() bool { return b.Stats().Clients == 0 })
+			})
+		}
+		if st := b.Stats(); st.Replays != 2 || st.UnknownReplays != 0 {
+			t.Errorf("Replays, UnknownReplays = %d, %d; want 2, 0", st.Replays, st.UnknownReplays)
+		}
+	})
+}
+
+// TestReplayRace reconnects while events are being published: the replayed and the live events
+// must join with no gap and no duplicate.
+func TestReplayRace(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithHistory(100000))
+		s := newServer(t, m, b, b.Handler())
+		ts := s.openN(t, "/", 1)
+		publish(t, b, "0")
+		last := ts.next().LastEventID
+		ts.close()
+
+		const n = 3000
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 1; i <= n; i++ {
+				publish(t, b, strconv.Itoa(i))
+			}
+		}()
+		for round := 0; round < 5; round++ {
+			ts := s.open(t, "/", last)
+			for i := 0; i < 100; i++ {
+				ev := ts.next()
+				want := strconv.Itoa(round*100 + i + 1)
+				if ev.Data != want {
+					t.Fatalf("round %d: got %q, want %q", round, ev.Data, want)
+				}
+				last = ev.LastEventID
+			}
+			ts.close()
+		}
+		<-done
+	})
+}
+
+// TestReplayPolicy checks each kind of Last-Event-ID against the same history.
+func TestReplayPolicy(t *testing.T) {
+	earlier := NewBroker()
+	earlierID := publish(t, earlier, "from an earlier run")
+	earlier.Shutdown(context.Background())
+
+	tests := []struct {
+		name   string
+		lastID func(ids []string, b *Broker) string
+		missed bool
+		want   []string
+	}{
+		{"known", func(ids []string, _ *Broker) string { return ids[7] }, false, []string{"8", "9"}},
+		{"newest", func(ids []string, _ *Broker) string { return ids[9] }, false, nil},
+		{"oldest held", func(ids []string, _ *Broker) string { return ids[6] }, false, []string{"7", "8", "9"}},
+		// The newest event evicted is still a place to resume from: all after it are held.
+		{"newest evicted", func(ids []string, _ *Broker) string { return ids[5] }, false, []string{"6", "7", "8", "9"}},
+		{"evicted", func(ids []string, _ *Broker) string { return ids[4] }, true, []string{"6", "7", "8", "9"}},
+		{"long evicted", func(ids []string, _ *Broker) string { return ids[0] }, true, []string{"6", "7", "8", "9"}},
+		{"earlier broker", func([]string, *Broker) string { return earlierID }, true, []string{"6", "7", "8", "9"}},
+		{"unknown", func([]string, *Broker) string { return "garbage" }, true, []string{"6", "7", "8", "9"}},
+		{"future", func(_ []string, b *Broker) string { return b.prefix + "999" }, true, []string{"6", "7", "8", "9"}},
+		{"not canonical", func(_ []string, b *Broker) string { return b.prefix + "08" }, true, []string{"6", "7", "8", "9"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			run(t, func(t *testing.T, m mode) {
+				b := NewBroker(WithHistory(4))
+				s := newServer(t, m, b, b.Handler())
+				ids := make([]string, 10)
+				for i := range ids {
+					ids[i] = publish(t, b, strconv.Itoa(i))
+				}
+				lastID := tt.lastID(ids, b)
+				ts := s.open(t, "/", lastID)
+				if tt.missed {
+					ev := ts.next()
+					// It has no ID: a client keeps the one it had (a fresh decoder has none).
+					if ev.Type != MissedType || ev.Data != "" || ev.LastEventID != "" {
+						t.Fatalf("first event %+v, want type %q, empty data, no ID", ev, MissedType)
+					}
+				}
+				ts.expect(tt.want...)
+				waitFor(t, "the client to join", func() bool { return b.Stats().Clients == 1 })
+				publish(t, b, "live")
+				ts.expect("live")
+				st := b.Stats()
+				if tt.missed && st.UnknownReplays != 1 || !tt.missed && st.Replays != 1 {
+					t.Errorf("Replays, UnknownReplays = %d, %d", st.Replays, st.UnknownReplays)
+				}
+			})
+		})
+	}
+}
+
+func TestReplayAppIDs(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		for i := 1; i <= 5; i++ {
+			id, err := b.Publish(Event{ID: "app-" + strconv.Itoa(i), Data: strconv.Itoa(i)})
+			if err != nil || id != "app-"+strconv.Itoa(i) {
+				t.Fatalf("Publish = %q, %v; want the app's ID", id, err)
+			}
+		}
+		ts := s.open(t, "/", "app-3")
+		evs := ts.expect("4", "5")
+		if evs[0].LastEventID != "app-4" {
+			t.Errorf("lastEventId = %q, want app-4", evs[0].LastEventID)
+		}
+	})
+}
+
+func TestReplayAcrossTopics(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		mux := http.NewServeMux()
+		mux.Handle("/ab", b.Handler("a", "b"))
+		mux.Handle("/b", b.Handler("b"))
+		s := newServer(t, m, b, mux)
+		first := publish(t, b, "a1", "a")
+		publish(t, b, "b1", "b")
+		publish(t, b, "ab", "a", "b")
+		publish(t, b, "a2", "a")
+		s.open(t, "/ab", first).expect("b1", "ab", "a2")
+		// One ID space across topics: an ID from topic a places a client of topic b.
+		s.open(t, "/b", first).expect("b1", "ab")
+	})
+}
+
+func TestHistoryAge(t *testing.T) {
+	b := NewBroker(WithHistoryAge(200 * time.Millisecond))
+	s := newServer(t, http1, b, b.Handler())
+	first := publish(t, b, "old1")
+	publish(t, b, "old2")
+	time.Sleep(300 * time.Millisecond)
+	publish(t, b, "new")
+	ts := s.open(t, "/", first)
+	if ev := ts.next(); ev.Type != MissedType {
+		t.Fatalf("first event %+v, want %q: old2 aged out", ev, MissedType)
+	}
+	ts.expect("new")
+}
+
+func TestPublishRefuses(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		ts := s.openN(t, "/", 1)
+		bad := []Event{{Type: "a\nb"}, {Data: "\xff"}, {ID: "x\r"}, {Retry: -1}}
+		for _, ev := range bad {
+			id, err := b.Publish(ev)
+			var fe *FieldError
+			if !errors.Is(err, ErrInvalidEvent) || !errors.As(err, &fe) || id != "" {
+				t.Errorf("Publish(%+v) = %q, %v; want ErrInvalidEvent", ev, id, err)
+			}
+		}
+		publish(t, b, "good")
+		ts.expect("good")
+		if got := b.Stats().Published; got != 1 {
+			t.Errorf("Published = %d, want 1", got)
+		}
+	})
+}
+
+func TestIDs(t *testing.T) {
+	b1, b2 := NewBroker(), NewBroker()
+	defer b1.Shutdown(context.Background())
+	defer b2.Shutdown(context.Background())
+	if b1.prefix == b2.prefix {
+		t.Fatalf("two brokers share the ID prefix %q", b1.prefix)
+	}
+	var last uint64
+	for i, topic := range []string{"a", "b", "", "a"} {
+		id := publish(t, b1, "x", topic)
+		if err := validateID(id); err != nil {
+			t.Errorf("assigned ID %q: %v", id, err)
+		}
+		n, err := strconv.ParseUint(strings.TrimPrefix(id, b1.prefix), 10, 64)
+		if err != nil || n <= last {
+			t.Errorf("ID %d = %q, want the prefix %q and a number above %d", i, id, b1.prefix, last)
+		}
+		last = n
+	}
+}
+
+// TestSlowClient connects a client that never reads: Publish must go on regardless, every
+// other client must receive everything, and the slow client must be disconnected once its
+// write stalls past the deadline.
+func TestSlowClient(t *testing.T) {
+	checkGoroutines(t)
+	const n, size = 20000, 1024
+	b := NewBroker(WithHistory(n), WithWriteTimeout(2*time.Second))
+	s := newServer(t, http1, b, b.Handler())
+	good := s.openN(t, "/", 1)
+
+	conn, err := net.Dial("tcp", s.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // and never read a byte
+	waitFor(t, "the slow client to connect", func() bool { return b.Stats().Clients == 2 })
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	received := make(chan error, 1)
+	go func() {
+		for i := range n {
+			ev, err := good.dec.Next()
+			if err != nil || ev.Data[:8] != fmt.Sprintf("%08d", i) {
+				received <- fmt.Errorf("event %d: %.8q, %v", i, ev.Data, err)
+				return
+			}
+		}
+		received <- nil
+	}()
+	pad := strings.Repeat("x", size-8)
+	for i := range n {
+		publish(t, b, fmt.Sprintf("%08d", i)+pad)
+	}
+	// Publish did not wait for the stalled client: it is still connected, its write not
+	// yet past the deadline.
+	if st := b.Stats(); st.Clients != 2 || st.SlowDisconnects != 0 {
+		t.Errorf("after publishing: Clients = %d, SlowDisconnects = %d; want 2, 0", st.Clients, st.SlowDisconnects)
+	}
+	if err := <-received; err != nil {
+		t.Fatalf("the reading client: %v", err)
+	}
+	waitFor(t, "the slow client to be disconnected", func() bool { return b.Stats().SlowDisconnects == 1 })
+	if st := b.Stats(); st.Clients != 1 {
+		t.Errorf("Clients = %d, want 1", st.Clients)
+	}
+
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// The history holds n events of size bytes; nothing else may grow with the slow client.
+	if grown, limit := int64(after.HeapAlloc)-int64(before.HeapAlloc), int64(n*size*3/2); grown > limit {
+		t.Errorf("heap grew by %d bytes, want at most %d", grown, limit)
+	}
+}
+
+// gatedWriter is middleware whose Write blocks until the gate opens. It has no Unwrap, so no
+// write deadline reaches the connection: the broker has to notice the lag by itself.
+type gatedWriter struct {
+	http.ResponseWriter
+	gate chan struct{}
+	once sync.Once
+	hit  chan struct{}
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), "data: ") {
+		g.once.Do(func() { close(g.hit) })
+		<-g.gate
+	}
+	return g.ResponseWriter.Write(p)
+}
+
+func (g *gatedWriter) Flush() { g.ResponseWriter.(http.Flusher).Flush() }
+
+// TestLaggingClient stalls a client's writes while more events than the history holds are
+// published: the client must be disconnected rather than skip events.
+func TestLaggingClient(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithHistory(8))
+		gate, hit := make(chan struct{}), make(chan struct{})
+		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b.ServeEvents(&gatedWriter{ResponseWriter: w, gate: gate, hit: hit}, r)
+		}))
+		ts := s.openN(t, "/", 1)
+		publish(t, b, "0")
+		<-hit // the client is stuck writing event 0
+		for i := 1; i <= 20; i++ {
+			publish(t, b, strconv.Itoa(i))
+		}
+		close(gate)
+		ts.expect("0")
+		ts.expectEnd()
+		if st := b.Stats(); st.SlowDisconnects != 1 {
+			t.Errorf("SlowDisconnects = %d, want 1", st.SlowDisconnects)
+		}
+	})
+}
+
+func TestClientGoesAway(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler("a", "b"))
+		for range 10 {
+			s.openN(t, "/", 1).close()
+			waitFor(t, "the client to leave", func() bool { return b.Stats().Clients == 0 })
+		}
+		b.mu.Lock()
+		topics, groups := len(b.topics), len(b.groups)
+		b.mu.Unlock()
+		if topics != 0 || groups != 0 {
+			t.Errorf("%d topics and %d groups left, want none", topics, groups)
+		}
+	})
+}
+
+func TestShutdown(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithRetry(time.Second))
+		s := newServer(t, m, b, b.Handler())
+		var streams []*testStream
+		for i := range 5 {
+			streams = append(streams, s.openN(t, "/", i+1))
+		}
+		publish(t, b, "before")
+		if err := b.Shutdown(context.Background()); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if err := b.Shutdown(context.Background()); err != nil {
+			t.Errorf("second Shutdown: %v", err)
+		}
+		for _, ts := range streams {
+			ts.expect("before")
+			ts.expectEnd()
+			if r := ts.dec.Retry(); r < 1000 || r >= 2000 {
+				t.Errorf("retry hint at shutdown = %d ms, want within [1000, 2000)", r)
+			}
+		}
+		if _, err := b.Publish(Event{Data: "after"}); !errors.Is(err, ErrClosed) {
+			t.Errorf("Publish after Shutdown = %v, want ErrClosed", err)
+		}
+		// A client arriving now is told to come back later: 200, a retry hint, the end.
+		ts := s.open(t, "/", "")
+		ts.expectEnd()
+		if r := ts.dec.Retry(); r < 1000 {
+			t.Errorf("retry hint = %d, want one", r)
+		}
+		if st := b.Stats(); st.Clients != 0 || st.Refused != 1 {
+			t.Errorf("Clients, Refused = %d, %d; want 0, 1", st.Clients, st.Refused)
+		}
+	})
+}
+
+func TestShutdownContext(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker()
+	gate, hit := make(chan struct{}), make(chan struct{})
+	s := newServer(t, http1, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.ServeEvents(&gatedWriter{ResponseWriter: w, gate: gate, hit: hit}, r)
+	}))
+	s.openN(t, "/", 1)
+	publish(t, b, "x")
+	<-hit
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := b.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown with a stuck stream = %v, want DeadlineExceeded", err)
+	}
+	close(gate)
+}
+
+// TestServerShutdown shows the wiring the documentation gives: http.Server.Shutdown returns
+// promptly with many streams open.
+func TestServerShutdown(t *testing.T) {
+	checkGoroutines(t)
+	const n = 1000
+	b := NewBroker()
+	srv := &http.Server{Handler: b.Handler()}
+	srv.RegisterOnShutdown(func() { b.Shutdown(context.Background()) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		conns[i] = c
+	}
+	waitFor(t, "every client to connect", func() bool { return b.Stats().Clients == n })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("http.Server.Shutdown = %v, want nil: streams kept it waiting", err)
+	}
+	if err := <-served; err != http.ErrServerClosed {
+		t.Errorf("Serve = %v", err)
+	}
+	// Every stream ended with a retry hint.
+	for i, c := range conns {
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("conn %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || !strings.Contains(string(body), "retry: ") {
+			t.Fatalf("conn %d: body %q, %v; want a retry hint", i, body, err)
+		}
+	}
+}
+
+func TestMaxClients(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithMaxClients(2), WithRetry(time.Second))
+		s := newServer(t, m, b, b.Handler())
+		a := s.openN(t, "/", 1)
+		s.openN(t, "/", 2)
+		over := s.open(t, "/", "")
+		over.expectEnd()
+		if r := over.dec.Retry(); r < 1000 || r >= 2000 {
+			t.Errorf("retry hint = %d ms, want within [1000, 2000)", r)
+		}
+		if st := b.Stats(); st.Clients != 2 || st.Refused != 1 {
+			t.Errorf("Clients, Refused = %d, %d; want 2, 1", st.Clients, st.Refused)
+		}
+		a.close()
+		waitFor(t, "a place to free up", func() bool { return b.Stats().Clients == 1 })
+		ts := s.openN(t, "/", 2)
+		publish(t, b, "in")
+		ts.expect("in")
+	})
+}
+
+// wrapped is middleware of the usual kind: it wraps the ResponseWriter to record the status,
+// and offers Unwrap so that http.ResponseController reaches the connection.
+type wrapped struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *wrapped) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *wrapped) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func TestMiddleware(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b.ServeEvents(&wrapped{ResponseWriter: w}, r)
+		}))
+		ts := s.openN(t, "/", 1)
+		publish(t, b, "through")
+		ts.expect("through")
+	})
+}
+
+// TestServerWriteTimeout streams for longer than the server's WriteTimeout, which would cut
+// the stream without the broker's per-write deadlines.
+func TestServerWriteTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("streams for 3s")
+	}
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler(), func(srv *http.Server) { srv.WriteTimeout = time.Second })
+		ts := s.openN(t, "/", 1)
+		for i := range 12 {
+			time.Sleep(250 * time.Millisecond)
+			publish(t, b, strconv.Itoa(i))
+			ts.expect(strconv.Itoa(i))
+		}
+	})
+}
+
+func TestHeartbeat(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithHeartbeat(10 * time.Millisecond))
+		s := newServer(t, m, b, b.Handler())
+		ts := s.openN(t, "/", 1)
+		comments := 0
+		ts.dec.OnComment = func(string) { comments++ }
+		time.Sleep(100 * time.Millisecond)
+		// Heartbeats are invisible: the next event is the published one.
+		publish(t, b, "after")
+		ts.expect("after")
+		if comments == 0 {
+			t.Errorf("no heartbeat in 100ms at a 10ms interval")
+		}
+	})
+}
+
+func TestStream(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		sent := make(chan error, 1)
+		s := newServer(t, m, NewBroker(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			st, err := NewStream(w, r)
+			if err != nil {
+				sent <- err
+				return
+			}
+			for _, word := range strings.Fields("one two three") {
+				if err := st.Send(Event{Data: word}); err != nil {
+					sent <- err
+					return
+				}
+			}
+			if err := st.Send(Event{Type: "bad\n"}); !errors.Is(err, ErrInvalidEvent) {
+				sent <- fmt.Errorf("Send(bad) = %v", err)
+				return
+			}
+			st.Send(Event{Type: "done"})
+			<-r.Context().Done()
+			// The client is gone: Send says so.
+			sent <- st.Send(Event{Data: "lost"})
+		}))
+		ts := s.open(t, "/", "")
+		if ct := ts.resp.Header.Get("Content-Type"); ct != "text/event-stream; charset=utf-8" {
+			t.Errorf("Content-Type = %q", ct)
+		}
+		ts.expect("one", "two", "three")
+		if ev := ts.next(); ev.Type != "done" {
+			t.Errorf("got %+v, want the done event", ev)
+		}
+		ts.close()
+		if err := <-sent; err == nil {
+			t.Errorf("Send after the client left = nil, want an error")
+		}
+	})
+}

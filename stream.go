@@ -1,0 +1,86 @@
+package sse
+
+import (
+	"context"
+	"net/http"
+	"time"
+)
+
+// Stream is one response's own event stream, for events that no other client shares: a reply
+// streamed word by word as it is generated, say. There is no Broker, history or topic; each
+// event is flushed as it is sent. Stream is not safe for concurrent use.
+type Stream struct {
+	ctx context.Context
+	enc *Encoder
+}
+
+// NewStream starts an event stream in response to r: it sets the headers and flushes them, so
+// that the client knows the stream is open before the first event. It returns an error, and
+// the handler should return, if w cannot flush. Unlike a Broker, it accepts any method, for
+// clients that POST their question and read the answer as a stream.
+func NewStream(w http.ResponseWriter, r *http.Request) (*Stream, error) {
+	setHeaders(w.Header())
+	fw := &flushWriter{w: w, rc: http.NewResponseController(w), timeout: defaultWriteTimeout}
+	w.WriteHeader(http.StatusOK)
+	if err := fw.write(); err != nil {
+		return nil, err
+	}
+	return &Stream{ctx: r.Context(), enc: NewEncoder(fw)}, nil
+}
+
+// Send writes ev and flushes it. Once the client has gone or a write has failed, it returns
+// that error and the stream is over; an Event that cannot be represented is refused with an
+// error wrapping ErrInvalidEvent, and the stream goes on.
+func (s *Stream) Send(ev Event) error {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	return s.enc.Encode(ev)
+}
+
+// Comment writes text as comment lines, which clients ignore, and flushes them.
+func (s *Stream) Comment(text string) error {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	return s.enc.Comment(text)
+}
+
+const defaultWriteTimeout = 10 * time.Second
+
+// setHeaders sets the headers of an event stream (DESIGN: guarantee 6).
+func setHeaders(h http.Header) {
+	h.Set("Content-Type", "text/event-stream; charset=utf-8")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // nginx would otherwise buffer the stream
+	h.Del("Content-Length")
+}
+
+// flushWriter writes to a client and flushes at once, each write within a deadline.
+// Only the client's handler goroutine uses it.
+type flushWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (fw *flushWriter) Write(p []byte) (int, error) {
+	if err := fw.write(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// write writes frames and flushes them, within the write timeout.
+func (fw *flushWriter) write(frames ...[]byte) error {
+	// The deadline goes as soon as the write is done: over HTTP/2 it would otherwise end an
+	// idle stream. A ResponseWriter that cannot set one (ErrNotSupported) writes without.
+	fw.rc.SetWriteDeadline(time.Now().Add(fw.timeout))
+	defer fw.rc.SetWriteDeadline(time.Time{})
+	for _, f := range frames {
+		if _, err := fw.w.Write(f); err != nil {
+			return err
+		}
+	}
+	return fw.rc.Flush()
+}
