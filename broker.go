@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -390,13 +391,21 @@ var (
 
 // lastEventID returns the ID of the last event the client of r saw, if it says.
 func lastEventID(r *http.Request) string {
-	if id := r.Header.Get("Last-Event-ID"); id != "" {
-		return id
+	id := r.Header.Get("Last-Event-ID")
+	if id == "" && strings.Contains(r.URL.RawQuery, "lastEventId") {
+		id = r.URL.Query().Get("lastEventId")
 	}
-	if strings.Contains(r.URL.RawQuery, "lastEventId") {
-		return r.URL.Query().Get("lastEventId")
+	if !utf8.ValidString(id) {
+		// RFC 9110 §5.5: header bytes that are not UTF-8 are taken as ISO-8859-1. Browsers send
+		// the ID as UTF-8, but fetch-based clients (Node's) send characters up to U+00FF as
+		// single bytes.
+		runes := make([]rune, len(id))
+		for i := range len(id) {
+			runes[i] = rune(id[i])
+		}
+		id = string(runes)
 	}
-	return ""
+	return id
 }
 
 func appendRetry(b []byte, d time.Duration) []byte {

@@ -291,6 +291,22 @@ func TestReplayAppIDs(t *testing.T) {
 	})
 }
 
+// TestReplayLatin1 resumes from a non-ASCII ID sent back the way Node's fetch sends it: one byte
+// per character, ISO-8859-1.
+func TestReplayLatin1(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		for _, id := range []string{"ü-1", "ü-2", "ü-3"} {
+			if _, err := b.Publish(Event{ID: id, Data: id}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.open(t, "/", "\xfc-2").expect("ü-3")
+		s.open(t, "/", "ü-1").expect("ü-2", "ü-3")
+	})
+}
+
 func TestReplayAcrossTopics(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		b := NewBroker()

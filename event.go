@@ -18,6 +18,7 @@ type Event struct {
 	// ID is the "id:" field, which the client echoes back in the Last-Event-ID header when it
 	// reconnects. It must survive that round trip: valid UTF-8, no control characters
 	// (CR, LF and NUL included), no leading or trailing space, at most MaxIDLen bytes.
+	// (Node's fetch-based clients can send back only characters up to U+00FF.)
 	// Leave it empty when publishing through a Broker, which assigns one.
 	// An empty ID writes no "id:" field, so a client keeps the last ID it saw.
 	ID string
