@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -108,6 +109,8 @@ type Broker struct {
 	mu        sync.RWMutex
 	seq       uint64 // the sequence number of the last event published
 	topics    map[string]*topic
+	unread    list.List // of *topic: those no client reads, most recently published first
+	forgotten uint64    // the newest sequence number of any topic forgotten
 	groups    map[string]*group
 	clients   int
 	closed    bool
@@ -129,7 +132,13 @@ type topic struct {
 	head    uint64  // position of the next event
 	evicted uint64  // sequence number of the newest event dropped from the ring, 0 if none
 	groups  []*group
+	unread  *list.Element // its place in Broker.unread while no client reads it
 }
+
+// maxUnreadTopics bounds how many topics that no client reads keep their history. Beyond it,
+// the least recently published are forgotten, so that publishing to ever new topics cannot
+// grow memory without bound.
+const maxUnreadTopics = 1024
 
 type entry struct {
 	seq   uint64
@@ -228,14 +237,13 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		if slices.Contains(topics[:i], name) {
 			continue // once per topic, however often it is named
 		}
-		t := b.topics[name]
-		if t == nil {
-			t = &topic{name: name}
-			b.topics[name] = t
-		}
+		t := b.topic(name)
 		t.append(e, b.opts.history)
 		if b.opts.historyAge > 0 {
 			t.dropOlder(at - int64(b.opts.historyAge))
+		}
+		if len(t.groups) == 0 {
+			b.markUnread(t)
 		}
 		for _, g := range t.groups {
 			if g.wake != nil {
@@ -253,6 +261,44 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 }
 
 var defaultTopics = []string{""}
+
+// topic returns the topic called name, making it if need be.
+func (b *Broker) topic(name string) *topic {
+	t := b.topics[name]
+	if t == nil {
+		// Events of a topic forgotten earlier under this name are not in the new ring: a
+		// client resuming from before them must be told it missed them.
+		t = &topic{name: name, evicted: b.forgotten}
+		b.topics[name] = t
+	}
+	return t
+}
+
+// markUnread records that t, which no client reads, was just published to, and forgets the
+// least recently published unread topics beyond maxUnreadTopics.
+func (b *Broker) markUnread(t *topic) {
+	if t.unread != nil {
+		b.unread.MoveToFront(t.unread)
+		return
+	}
+	t.unread = b.unread.PushFront(t)
+	for b.unread.Len() > maxUnreadTopics {
+		b.forget(b.unread.Back().Value.(*topic))
+	}
+}
+
+// forget drops t and its history.
+func (b *Broker) forget(t *topic) {
+	newest := t.evicted
+	if t.head > t.tail {
+		newest = t.at(t.head - 1).seq
+	}
+	b.forgotten = max(b.forgotten, newest)
+	if t.unread != nil {
+		b.unread.Remove(t.unread)
+	}
+	delete(b.topics, t.name)
+}
 
 // append adds e to the ring, dropping the oldest event if the ring holds limit already.
 func (t *topic) append(e entry, limit int) {
@@ -319,9 +365,15 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // Call it from a handler that chooses the topics per request; refuse a request before calling
 // it with an ordinary error response.
 //
-// A client that sends a Last-Event-ID header (or, for clients that cannot set headers, a
-// lastEventId query parameter) first receives the events it missed; see the package
-// documentation on replay. A request that is not a GET gets 405. Once the broker is shut down
+// The client is subscribed before the response headers are flushed: once it sees the stream
+// open, it receives every event published afterwards. A client that sends a Last-Event-ID
+// header (or, for clients that cannot set headers, a lastEventId query parameter) first
+// receives the events it missed; see the package documentation on replay. A request that is
+// not a GET gets 405.
+//
+// To send a client events of its own ahead of the broker's (a greeting, say), start the
+// response with NewStream, Send them, then call ServeEvents; refuse requests other than GET
+// before that, since the response has then begun. Once the broker is shut down
 // or over its client limit, ServeEvents answers 200 with only a retry hint and ends the
 // response, so that an EventSource comes back later: any other status would stop it for good.
 func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) {
@@ -515,10 +567,10 @@ func (b *Broker) join(names []string, lastID string) (c *client, missed bool, er
 	if g == nil {
 		g = &group{key: key}
 		for _, name := range names {
-			t := b.topics[name]
-			if t == nil {
-				t = &topic{name: name}
-				b.topics[name] = t
+			t := b.topic(name)
+			if t.unread != nil {
+				b.unread.Remove(t.unread)
+				t.unread = nil
 			}
 			t.groups = append(t.groups, g)
 			g.topics = append(g.topics, t)
@@ -595,8 +647,12 @@ func (b *Broker) leave(c *client) {
 		delete(b.groups, g.key)
 		for _, t := range g.topics {
 			t.groups = slices.DeleteFunc(t.groups, func(x *group) bool { return x == g })
-			if len(t.groups) == 0 && t.head == t.tail {
-				delete(b.topics, t.name)
+			if len(t.groups) == 0 {
+				if t.head == t.tail {
+					b.forget(t) // nothing to replay: only its subscribers made it
+				} else {
+					b.markUnread(t)
+				}
 			}
 		}
 	}

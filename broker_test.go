@@ -324,6 +324,41 @@ func TestReplayAcrossTopics(t *testing.T) {
 	})
 }
 
+// TestUnreadTopics publishes to more topics than the broker keeps unread: memory stays bounded,
+// and a client returning to a forgotten topic is told it missed events, never silently not.
+func TestUnreadTopics(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/{topic}", func(w http.ResponseWriter, r *http.Request) {
+			b.ServeEvents(w, r, r.PathValue("topic"))
+		})
+		s := newServer(t, m, b, mux)
+		k0 := publish(t, b, "k0", "keep")
+		publish(t, b, "k1", "keep")
+		first := make([]string, maxUnreadTopics+10)
+		for i := range first {
+			first[i] = publish(t, b, "first", "t"+strconv.Itoa(i))
+		}
+		b.mu.Lock()
+		topics := len(b.topics)
+		b.mu.Unlock()
+		if topics != maxUnreadTopics {
+			t.Errorf("%d topics kept, want %d", topics, maxUnreadTopics)
+		}
+
+		ts := s.open(t, "/keep", k0)
+		if ev := ts.next(); ev.Type != MissedType {
+			t.Errorf("resuming a forgotten topic: got %+v, want %q", ev, MissedType)
+		}
+		ts.close()
+
+		last := "t" + strconv.Itoa(len(first)-1)
+		publish(t, b, "second", last)
+		s.open(t, "/"+last, first[len(first)-1]).expect("second")
+	})
+}
+
 func TestHistoryAge(t *testing.T) {
 	b := NewBroker(WithHistoryAge(200 * time.Millisecond))
 	s := newServer(t, http1, b, b.Handler())

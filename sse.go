@@ -22,7 +22,9 @@
 // # Topics
 //
 // Every Publish goes to one or more topics, and every stream reads one or more; with none named
-// both use the default topic, "". A client subscribed to several topics receives each event
+// both use the default topic, "". A topic's history outlives its clients, so that they can
+// resume; of the topics no client reads, the Broker keeps the 1024 most recently published and
+// forgets the rest (a client resuming on a forgotten one receives [MissedType]). A client subscribed to several topics receives each event
 // once, in publish order, even when it was published to several of them. Handler serves fixed
 // topics; to choose them per request (from the path, the query or the signed-in user), call
 // [Broker.ServeEvents] from your own handler, after refusing requests you do not serve with an
