@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"sse/internal/spec"
+)
+
+func TestTokens(t *testing.T) {
+	ts := start(t, newServer(&replier{}))
+	tests := []struct {
+		name, rawQuery string
+		question       string // as the answer echoes it
+	}{
+		{"plain", "q=why+stream%3F", "why stream?"},
+		{"line breaks", "q=one%0Atwo%0D%0Athree", "one two three"},
+		{"invalid UTF-8", "q=caf%E9", "caf\uFFFD"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := get(t, ts, "/reply?"+tt.rawQuery)
+			var words []string
+			for {
+				ev, err := d.Next()
+				if err != nil {
+					t.Fatalf("after %q: reading the stream: %v, want a done event", words, err)
+				}
+				if ev.Type == "done" {
+					break
+				}
+				if ev.Type != "message" {
+					t.Fatalf("after %q: event %+v, want a message", words, ev)
+				}
+				words = append(words, ev.Data)
+			}
+			want := strings.Fields("You asked: " + tt.question + ". " + cannedAnswer)
+			if !slices.Equal(words, want) {
+				t.Errorf("words = %q, want %q", words, want)
+			}
+			if ev, err := d.Next(); err != io.EOF {
+				t.Errorf("after done: Next() = %+v, %v, want the stream to end", ev, err)
+			}
+		})
+	}
+}
+
+// TestTokensClientGoesAway checks that a reply stops as soon as its client leaves, rather
+// than going on generating for nobody.
+func TestTokensClientGoesAway(t *testing.T) {
+	h := newServer(&replier{delay: time.Hour})
+	done := make(chan struct{})
+	ts := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/reply" {
+			defer close(done)
+		}
+		h.ServeHTTP(w, r)
+	}))
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+"/reply?q=hello", nil)
+	resp, err := ts.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ev, err := spec.NewDecoder(resp.Body).Next(); err != nil || ev.Data != "You" {
+		t.Fatalf("first event = %+v, %v, want the first word", ev, err)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reply went on after its client left")
+	}
+}
+
+func TestTokensBadQuestion(t *testing.T) {
+	ts := start(t, newServer(&replier{}))
+	for _, query := range []string{"", "q=", "q=+%0A+", "q=" + strings.Repeat("x", maxQuestion+1)} {
+		resp, err := ts.Client().Get(ts.URL + "/reply?" + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET /reply?%.20s: status %d, want 400", query, resp.StatusCode)
+		}
+	}
+}
+
+func TestTokensPage(t *testing.T) {
+	ts := start(t, newServer(&replier{}))
+	resp, err := ts.Client().Get(ts.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /: status %d, want 200", resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
+		t.Errorf("GET /: Content-Type %q, want text/html", ct)
+	}
+	if want := `addEventListener("done"`; !strings.Contains(string(body), want) {
+		t.Errorf("GET /: page does not contain %q", want)
+	}
+}
+
+// start serves h on a test server, and checks at the end of the test that every goroutine it
+// started has ended.
+func start(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	checkGoroutines(t)
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+// get opens the event stream at path and returns a decoder reading it; the stream is closed
+// at the end of the test.
+func get(t *testing.T, ts *httptest.Server, path string) *spec.Decoder {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+path, nil)
+	resp, err := ts.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: status %d, want 200", path, resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("GET %s: Content-Type %q, want text/event-stream", path, ct)
+	}
+	return spec.NewDecoder(resp.Body)
+}
+
+// checkGoroutines makes t fail if, once it and its cleanups are done, more goroutines are
+// running than when it started.
+func checkGoroutines(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				buf = buf[:runtime.Stack(buf, true)]
+				t.Errorf("%d goroutines running, want %d:\n%s", runtime.NumGoroutine(), before, buf)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
