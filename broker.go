@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 )
 
 // ErrClosed is returned by Publish after Shutdown has been called.
@@ -24,7 +23,7 @@ var ErrClosed = errors.New("sse: broker shut down")
 // Last-Event-ID it cannot resume from: one it never assigned (from an earlier run of the
 // process, say), or one whose successors have left the history. Events may have been lost;
 // the retained history follows, so a client that gets this event should refresh its state.
-// The event has empty data and no id.
+// The event has empty data, and an ID from which the client resumes the same replay.
 const MissedType = "missed"
 
 // Option configures a Broker.
@@ -56,9 +55,10 @@ func WithHistoryAge(d time.Duration) Option {
 	return func(o *options) { o.historyAge = d }
 }
 
-// WithHeartbeat sets how often a comment line is sent to a client that has been sent nothing
-// else, 15s by default (when d is zero); a negative d sends none. Heartbeats keep proxies from
-// closing idle streams and find clients that left without a word.
+// WithHeartbeat sets the heartbeat interval, 15s by default (when d is zero); a negative d
+// turns heartbeats off. A client that has been sent nothing for a whole interval gets a comment
+// line at the end of the next one, so an idle stream carries one every one to two intervals.
+// Heartbeats keep proxies from closing idle streams and find clients that left without a word.
 func WithHeartbeat(d time.Duration) Option {
 	return func(o *options) {
 		if d != 0 {
@@ -74,7 +74,7 @@ func WithHeartbeat(d time.Duration) Option {
 func WithRetry(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {
-			o.retry = min(d, maxRetry)
+			o.retry = min(max(d, time.Millisecond), maxRetry)
 		}
 	}
 }
@@ -107,7 +107,8 @@ type Broker struct {
 	// mu guards the fields below it and all topics and groups. Publish and subscription
 	// changes hold it exclusively; clients reading the history share it.
 	mu        sync.RWMutex
-	seq       uint64 // the sequence number of the last event published
+	seq       uint64          // the sequence number of the last event published
+	ids       strings.Builder // holds the IDs the broker assigns; see id
 	topics    map[string]*topic
 	unread    list.List // of *topic: those no client reads, most recently published first
 	forgotten uint64    // the newest sequence number of any topic forgotten
@@ -116,7 +117,7 @@ type Broker struct {
 	closed    bool
 	beat      chan struct{} // closed and replaced at every heartbeat tick
 	beatTimer *time.Timer   // ticks while clients > 0
-	drained   chan struct{} // once closed, closed when clients reaches 0
+	drained   chan struct{} // made by Shutdown; closed once no client is left
 
 	stats struct {
 		clients, published, delivered, slow, replays, unknownReplays, refused atomic.Int64
@@ -150,8 +151,9 @@ type entry struct {
 // A group is the clients subscribed to the same set of topics. They share one wake-up
 // channel, so that Publish does work per group, not per client.
 type group struct {
-	key     string // the topics' names, sorted, joined by NUL
+	key     string // the topics' names, sorted; see groupKey
 	topics  []*topic
+	slots   []int // the group's index in each of its topics' groups
 	clients int
 
 	wakeMu sync.Mutex    // guards wake while Broker.mu is held shared
@@ -194,6 +196,9 @@ func newIDPrefix() string {
 // the broker assigns one that increases with every Publish; either way Publish returns the
 // event's ID. An Event that cannot be represented on the wire is refused with an error
 // wrapping ErrInvalidEvent; after Shutdown, Publish returns ErrClosed.
+//
+// An ID the application sets should be unique: a client that resumes from it receives what
+// was published after the newest event that has it.
 func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	if err := ev.validate(); err != nil {
 		return "", err
@@ -224,12 +229,9 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	}
 	b.seq++
 	if id == "" {
+		id = b.id(b.seq)
 		frame = append(frame, idPrefix...)
-		start := len(frame)
-		frame = append(frame, b.prefix...)
-		frame = strconv.AppendUint(frame, b.seq, 10)
-		// The frame is never modified once built, so the ID can share its bytes.
-		id = unsafe.String(&frame[start], len(frame)-start)
+		frame = append(frame, id...)
 		frame = append(frame, "\n\n"...)
 	}
 	e := entry{seq: b.seq, at: at, id: id, frame: frame}
@@ -261,6 +263,22 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 }
 
 var defaultTopics = []string{""}
+
+// id returns the broker's ID for sequence number seq. IDs are cut from a shared buffer, so
+// that assigning one costs no allocation of its own, and an ID the application keeps holds on
+// to a few kilobytes at most, never to its event. b.mu must be held.
+func (b *Broker) id(seq uint64) string {
+	const chunk = 4 << 10
+	if b.ids.Cap()-b.ids.Len() < len(b.prefix)+20 {
+		b.ids = strings.Builder{} // earlier IDs keep the old buffer, which is never written again
+		b.ids.Grow(chunk)
+	}
+	start := b.ids.Len()
+	b.ids.WriteString(b.prefix)
+	var digits [20]byte
+	b.ids.Write(strconv.AppendUint(digits[:0], seq, 10))
+	return b.ids.String()[start:]
+}
 
 // topic returns the topic called name, making it if need be.
 func (b *Broker) topic(name string) *topic {
@@ -373,7 +391,8 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 //
 // To send a client events of its own ahead of the broker's (a greeting, say), start the
 // response with NewStream, Send them, then call ServeEvents; refuse requests other than GET
-// before that, since the response has then begun. Once the broker is shut down
+// before that, since the response has then begun. Such a client sees its stream open before it
+// is subscribed: what is published before ServeEvents is called does not reach it. Once the broker is shut down
 // or over its client limit, ServeEvents answers 200 with only a retry hint and ends the
 // response, so that an EventSource comes back later: any other status would stop it for good.
 func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) {
@@ -384,23 +403,23 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 	}
 	setHeaders(w.Header())
 	s := flushWriter{w: w, rc: http.NewResponseController(w), timeout: b.opts.writeTimeout}
+	// What net/http writes after the handler returns (over HTTP/1.1, the end of the chunked
+	// body) must not wait forever on a client that stopped reading.
+	defer func() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }()
 
-	c, missed, err := b.join(topics, lastEventID(r))
+	c, start, missed, err := b.join(topics, lastEventID(r))
 	if err != nil {
 		b.stats.refused.Add(1)
-		s.write(b.retryLater())
+		s.write(appendRetry(nil, b.retryLater()))
 		return
 	}
 	defer b.leave(c)
-	preamble := appendRetry(nil, b.opts.retry)
-	if missed {
-		preamble = append(preamble, missedFrame...)
-	}
-	if s.write(preamble) != nil {
+	if s.write(preamble(b.opts.retry, start, missed)) != nil {
 		return
 	}
 
 	ctx := r.Context()
+	closing := false
 	for {
 		frames, wake, beat, lost := c.next(b)
 		if lost {
@@ -420,6 +439,10 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 			c.idle = false
 			continue
 		}
+		if closing {
+			s.write(appendRetry(nil, b.retryLater()))
+			return
+		}
 		select {
 		case <-wake:
 		case <-beat:
@@ -430,16 +453,32 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 		case <-ctx.Done():
 			return
 		case <-b.done:
-			s.write(b.retryLater())
-			return
+			// Send what was published before Shutdown first: Publish accepts nothing more,
+			// so this ends.
+			closing = true
 		}
 	}
 }
 
-var (
-	heartbeat   = []byte(":\n")
-	missedFrame = []byte("event: " + MissedType + "\ndata: \n\n")
-)
+var heartbeat = []byte(":\n")
+
+// preamble returns what a stream starts with: the retry hint, the MissedType event if missed,
+// and the ID start as the client's last event ID unless it is empty. They form one block,
+// which a client applies even when it dispatches no event (WHATWG HTML §9.2.6), so that a
+// client that loses its connection before its first event still resumes from where it started.
+func preamble(retry time.Duration, start string, missed bool) []byte {
+	b := appendRetry(nil, retry)
+	b = b[:len(b)-1] // the block goes on
+	if missed {
+		b = append(b, "event: "+MissedType+"\ndata: \n"...)
+	}
+	if start != "" {
+		b = append(b, idPrefix...)
+		b = append(b, start...)
+		b = append(b, '\n')
+	}
+	return append(b, '\n')
+}
 
 // lastEventID returns the ID of the last event the client of r saw, if it says.
 func lastEventID(r *http.Request) string {
@@ -466,13 +505,13 @@ func appendRetry(b []byte, d time.Duration) []byte {
 	return append(b, "\n\n"...)
 }
 
-// retryLater returns a retry hint between the configured retry delay and twice that.
-func (b *Broker) retryLater() []byte {
-	d := b.opts.retry + rand.N(b.opts.retry)
-	return appendRetry(nil, min(d, maxRetry))
+// retryLater returns a reconnection delay between the configured one and twice that.
+func (b *Broker) retryLater() time.Duration {
+	return min(b.opts.retry+rand.N(b.opts.retry), maxRetry)
 }
 
-// A client is one open stream's place in the history of its topics.
+// A client is one open stream's place in the history of its topics. Only the stream's handler
+// goroutine uses it.
 type client struct {
 	g       *group
 	cursors []uint64 // for each of g.topics, the position of the next event to send
@@ -546,22 +585,23 @@ var errFull = errors.New("sse: too many clients")
 
 // join subscribes a new client to topics, placing it after the event lastID names, or at the
 // end of the history if lastID is empty. missed reports that lastID was unknown or that events
-// after it were dropped, in which case the client starts at the oldest event held.
-func (b *Broker) join(names []string, lastID string) (c *client, missed bool, err error) {
+// after it were dropped, in which case the client starts at the oldest event held. start is
+// the ID to give the client as its last event ID, if not the one it has: where it starts.
+func (b *Broker) join(names []string, lastID string) (c *client, start string, missed bool, err error) {
 	if len(names) == 0 {
 		names = defaultTopics
 	} else {
 		names = slices.Compact(slices.Sorted(slices.Values(names)))
 	}
-	key := strings.Join(names, "\x00")
+	key := groupKey(names)
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return nil, false, ErrClosed
+		return nil, "", false, ErrClosed
 	}
 	if b.opts.maxClients > 0 && b.clients >= b.opts.maxClients {
-		return nil, false, errFull
+		return nil, "", false, errFull
 	}
 	g := b.groups[key]
 	if g == nil {
@@ -572,6 +612,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, missed bool, er
 				b.unread.Remove(t.unread)
 				t.unread = nil
 			}
+			g.slots = append(g.slots, len(t.groups))
 			t.groups = append(t.groups, g)
 			g.topics = append(g.topics, t)
 		}
@@ -593,7 +634,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, missed bool, er
 		for i, t := range g.topics {
 			c.cursors[i] = t.head
 		}
-		return c, false, nil
+		return c, b.id(b.seq), false, nil
 	}
 	if b.opts.historyAge > 0 {
 		cutoff := time.Now().Add(-b.opts.historyAge).UnixNano()
@@ -610,10 +651,18 @@ func (b *Broker) join(names []string, lastID string) (c *client, missed bool, er
 	}
 	if known {
 		b.stats.replays.Add(1)
-	} else {
-		b.stats.unknownReplays.Add(1)
+		return c, "", false, nil
 	}
-	return c, !known, nil
+	b.stats.unknownReplays.Add(1)
+	// Resuming from just before the oldest event held replays the same events, without
+	// MissedType again (for a client of one topic; of several, where it may still be due).
+	from := b.seq
+	for _, t := range g.topics {
+		if t.head > t.tail {
+			from = min(from, t.at(t.tail).seq-1)
+		}
+	}
+	return c, b.id(from), true, nil
 }
 
 // lookup returns the sequence number of the event with the given ID, or 0 and false if no
@@ -621,7 +670,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, missed bool, er
 func (b *Broker) lookup(topics []*topic, id string) (seq uint64, ok bool) {
 	if s, found := strings.CutPrefix(id, b.prefix); found {
 		n, err := strconv.ParseUint(s, 10, 64)
-		if err == nil && n > 0 && n <= b.seq && strconv.FormatUint(n, 10) == s {
+		if err == nil && n <= b.seq && strconv.FormatUint(n, 10) == s {
 			return n, true
 		}
 		return 0, false
@@ -638,6 +687,28 @@ func (b *Broker) lookup(topics []*topic, id string) (seq uint64, ok bool) {
 	return seq, ok
 }
 
+// groupKey returns a key that tells every set of topic names apart, whatever bytes the names
+// hold: each name is preceded by its length.
+func groupKey(names []string) string {
+	var key strings.Builder
+	for _, n := range names {
+		key.WriteString(strconv.Itoa(len(n)))
+		key.WriteByte(':')
+		key.WriteString(n)
+	}
+	return key.String()
+}
+
+// removeGroup removes the group at index i of t.groups, moving the last one into its place,
+// so that many clients leaving a topic with many groups cost time in proportion to their number.
+func (t *topic) removeGroup(i int) {
+	last := t.groups[len(t.groups)-1]
+	t.groups[i] = last
+	last.slots[slices.Index(last.topics, t)] = i
+	t.groups[len(t.groups)-1] = nil
+	t.groups = t.groups[:len(t.groups)-1]
+}
+
 // leave unsubscribes c, forgetting its group and topics when nothing else needs them.
 func (b *Broker) leave(c *client) {
 	b.mu.Lock()
@@ -645,8 +716,8 @@ func (b *Broker) leave(c *client) {
 	g := c.g
 	if g.clients--; g.clients == 0 {
 		delete(b.groups, g.key)
-		for _, t := range g.topics {
-			t.groups = slices.DeleteFunc(t.groups, func(x *group) bool { return x == g })
+		for i, t := range g.topics {
+			t.removeGroup(g.slots[i])
 			if len(t.groups) == 0 {
 				if t.head == t.tail {
 					b.forget(t) // nothing to replay: only its subscribers made it

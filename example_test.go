@@ -68,13 +68,16 @@ func Example() {
 	b.Publish(sse.Event{ID: "1", Type: "tick", Data: "42"})
 
 	lines := bufio.NewScanner(resp.Body)
-	for lines.Scan() && lines.Text() != "data: 42" {
-		fmt.Println(lines.Text())
+	for lines.Scan() {
+		line := lines.Text()
+		if strings.HasPrefix(line, "event:") || strings.HasPrefix(line, "data:") {
+			fmt.Println(line)
+		}
+		if line == "data: 42" {
+			break
+		}
 	}
-	fmt.Println(lines.Text())
 	// Output:
-	// retry: 3000
-	//
 	// event: tick
 	// data: 42
 }

@@ -21,10 +21,10 @@
 //
 // # Topics
 //
-// Every Publish goes to one or more topics, and every stream reads one or more; with none named
-// both use the default topic, "". A topic's history outlives its clients, so that they can
-// resume; of the topics no client reads, the Broker keeps the 1024 most recently published and
-// forgets the rest (a client resuming on a forgotten one receives [MissedType]). A client subscribed to several topics receives each event
+// Every Publish goes to one or more topics, and every stream reads one or more; with none
+// named both use the default topic, "". A topic's history outlives its clients, so that they
+// can resume; of the topics no client reads, the Broker keeps the 1024 most recently published
+// and forgets the rest (a client resuming on a forgotten one receives [MissedType]). A client subscribed to several topics receives each event
 // once, in publish order, even when it was published to several of them. Handler serves fixed
 // topics; to choose them per request (from the path, the query or the signed-in user), call
 // [Broker.ServeEvents] from your own handler, after refusing requests you do not serve with an
@@ -51,7 +51,9 @@
 // earlier run of the process, say) or because events after it have already left the history,
 // the client first receives an event of type [MissedType] with empty data, then every event
 // still held: it may have missed some, and should refresh its state. A client that connects
-// without a Last-Event-ID receives only the events published after it connects.
+// without a Last-Event-ID receives only the events published after it connects; its stream
+// starts with an ID of where it joined, so that even if it loses the connection before its
+// first event, it resumes without a gap.
 //
 // # Slow clients
 //
@@ -65,8 +67,8 @@
 //
 // # Heartbeats and close detection
 //
-// A client that has been sent nothing for a heartbeat interval ([WithHeartbeat], 15s) gets a
-// comment line, which keeps proxies from closing the stream and reveals a client that vanished
+// A client that has been sent nothing for a while gets a comment line every one to two
+// heartbeat intervals ([WithHeartbeat], 15s), which keeps proxies from closing the stream and reveals a client that vanished
 // without closing its connection. A client that closes its connection is noticed at once
 // through the request's context, and any failed write or flush ends its stream.
 //
@@ -92,6 +94,7 @@
 // # Concurrency
 //
 // Broker is safe for concurrent use. Each stream is written only by the goroutine net/http
-// runs its handler on; the Broker starts no goroutine per client and none of its own.
+// runs its handler on; the Broker starts no goroutine per client, and runs none of its own
+// but a timer's, briefly, at each heartbeat tick.
 // Encoder and Stream are not safe for concurrent use.
 package sse
