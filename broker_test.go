@@ -492,20 +492,6 @@ func TestNoGoroutinePerClient(t *testing.T) {
 	}
 }
 
-func TestHistoryAge(t *testing.T) {
-	b := NewBroker(WithHistoryAge(time.Second))
-	s := newServer(t, http1, b, b.Handler())
-	first := publish(t, b, "old1")
-	publish(t, b, "old2")
-	time.Sleep(1100 * time.Millisecond)
-	publish(t, b, "new")
-	ts := s.open(t, "/", first)
-	if ev := ts.next(); ev.Type != MissedType {
-		t.Fatalf("first event %+v, want %q: old2 aged out", ev, MissedType)
-	}
-	ts.expect("new")
-}
-
 func TestPublishRefuses(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		b := NewBroker()

@@ -1,0 +1,168 @@
+package sse
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"sse/internal/spec"
+)
+
+// These tests run the broker in a synctest bubble, on a fake clock, with an in-memory
+// ResponseWriter: they check timing exactly, without sleeping. The same behaviours are tested
+// through real servers in broker_test.go.
+
+// recorder is an in-memory ResponseWriter that a test may read while the handler writes.
+type recorder struct {
+	mu sync.Mutex
+	*httptest.ResponseRecorder
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ResponseRecorder.Write(p)
+}
+
+func (r *recorder) Flush() {}
+
+// take returns what was written since the last call.
+func (r *recorder) take() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.Body.String()
+	r.Body.Reset()
+	return s
+}
+
+// serve runs ServeEvents for a request with lastID as its Last-Event-ID until the returned
+// function is called.
+func serve(b *Broker, lastID string) (*recorder, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := httptest.NewRequestWithContext(ctx, "GET", "/", nil)
+	if lastID != "" {
+		r.Header.Set("Last-Event-ID", lastID)
+	}
+	rec := &recorder{ResponseRecorder: httptest.NewRecorder()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.ServeEvents(rec, r)
+	}()
+	return rec, func() { cancel(); <-done }
+}
+
+func TestHeartbeatTiming(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval = 15 * time.Second
+		b := NewBroker(WithHeartbeat(interval))
+		rec, stop := serve(b, "")
+		defer stop()
+		synctest.Wait()
+		rec.take() // the preamble
+
+		steps := []struct {
+			publish bool
+			want    string // written at the end of the interval
+		}{
+			{false, ""},     // the preamble was written during this interval
+			{false, ":\n"},  // a whole interval idle
+			{false, ":\n"},  // and every interval after
+			{true, "event"}, // an event written during the interval: no heartbeat
+			{false, ":\n"},  // idle again for a whole interval
+		}
+		for i, st := range steps {
+			if st.publish {
+				b.Publish(Event{Type: "event", Data: "x"})
+			}
+			time.Sleep(interval)
+			synctest.Wait()
+			got := rec.take()
+			if st.want == "" && got != "" || st.want != "" && !strings.Contains(got, st.want) || st.want == ":\n" && got != ":\n" {
+				t.Errorf("interval %d: wrote %q, want %q", i, got, st.want)
+			}
+		}
+		b.Shutdown(context.Background())
+	})
+}
+
+func TestHeartbeatOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBroker(WithHeartbeat(-1))
+		rec, stop := serve(b, "")
+		defer stop()
+		synctest.Wait()
+		rec.take()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if got := rec.take(); got != "" {
+			t.Errorf("with heartbeats off, an idle hour wrote %q", got)
+		}
+	})
+}
+
+// TestHistoryAgeTiming drops events from the history exactly when they are older than the age.
+func TestHistoryAgeTiming(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBroker(WithHistoryAge(time.Minute), WithHeartbeat(-1))
+		defer b.Shutdown(context.Background())
+		first, _ := b.Publish(Event{Data: "0"})
+		time.Sleep(30 * time.Second)
+		b.Publish(Event{Data: "30s"})
+		time.Sleep(31 * time.Second) // "0" is over a minute old: gone; "30s" is held
+
+		read := func(lastID string) []spec.Event {
+			rec, stop := serve(b, lastID)
+			synctest.Wait()
+			stop()
+			var evs []spec.Event
+			d := spec.NewDecoder(strings.NewReader(rec.take()))
+			for {
+				ev, err := d.Next()
+				if err == io.EOF {
+					return evs
+				}
+				evs = append(evs, ev)
+			}
+		}
+		// Resuming after "0" loses nothing: "0" was the last event seen, "30s" is held.
+		if evs := read(first); len(evs) != 1 || evs[0].Data != "30s" {
+			t.Errorf("after the first event: %+v, want only 30s", evs)
+		}
+		time.Sleep(30 * time.Second) // now "30s" is over a minute old too
+		if evs := read(first); len(evs) != 1 || evs[0].Type != MissedType {
+			t.Errorf("once all aged out: %+v, want only %q", evs, MissedType)
+		}
+	})
+}
+
+// TestShutdownRetryJitter checks that the retry hints at shutdown are spread out.
+func TestShutdownRetryJitter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBroker(WithRetry(time.Second), WithHeartbeat(-1))
+		const n = 20
+		recs := make([]*recorder, n)
+		for i := range recs {
+			recs[i], _ = serve(b, "")
+		}
+		synctest.Wait()
+		b.Shutdown(context.Background())
+		seen := map[int64]bool{}
+		for _, rec := range recs {
+			d := spec.NewDecoder(strings.NewReader(rec.take()))
+			d.Next()
+			if r := d.Retry(); r < 1000 || r >= 2000 {
+				t.Errorf("retry hint %d ms, want within [1000, 2000)", r)
+			}
+			seen[d.Retry()] = true
+		}
+		if len(seen) < n/2 {
+			t.Errorf("%d clients got only %d distinct retry hints", n, len(seen))
+		}
+	})
+}
