@@ -98,16 +98,60 @@ func (d *Decoder) readLine() (string, error) {
 	}
 }
 
-// decodeUTF8 decodes b as UTF-8, each invalid byte becoming U+FFFD.
+// decodeUTF8 decodes b as the WHATWG Encoding standard's "UTF-8 decode" does: each maximal
+// subpart of an invalid sequence becomes one U+FFFD. Decoding line by line gives the same result
+// as decoding the whole stream, since a line break (ASCII) ends any pending sequence either way.
 func decodeUTF8(b []byte) string {
 	if utf8.Valid(b) {
 		return string(b)
 	}
 	var s strings.Builder
-	for len(b) > 0 {
-		r, n := utf8.DecodeRune(b)
-		s.WriteRune(r)
-		b = b[n:]
+	var cp rune
+	needed, seen := 0, 0
+	lower, upper := byte(0x80), byte(0xbf)
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if needed == 0 {
+			switch {
+			case c <= 0x7f:
+				s.WriteByte(c)
+			case 0xc2 <= c && c <= 0xdf:
+				needed, cp = 1, rune(c&0x1f)
+			case 0xe0 <= c && c <= 0xef:
+				if c == 0xe0 {
+					lower = 0xa0
+				} else if c == 0xed {
+					upper = 0x9f
+				}
+				needed, cp = 2, rune(c&0xf)
+			case 0xf0 <= c && c <= 0xf4:
+				if c == 0xf0 {
+					lower = 0x90
+				} else if c == 0xf4 {
+					upper = 0x8f
+				}
+				needed, cp = 3, rune(c&0x7)
+			default:
+				s.WriteRune(utf8.RuneError)
+			}
+			continue
+		}
+		if c < lower || c > upper {
+			// The sequence ends before this byte, which is decoded afresh.
+			cp, needed, seen, lower, upper = 0, 0, 0, 0x80, 0xbf
+			s.WriteRune(utf8.RuneError)
+			i--
+			continue
+		}
+		lower, upper = 0x80, 0xbf
+		cp = cp<<6 | rune(c&0x3f)
+		if seen++; seen == needed {
+			s.WriteRune(cp)
+			cp, needed, seen = 0, 0, 0
+		}
+	}
+	if needed != 0 {
+		s.WriteRune(utf8.RuneError)
 	}
 	return s.String()
 }

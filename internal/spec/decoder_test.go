@@ -32,6 +32,11 @@ func TestDecoder(t *testing.T) {
 		{"unterminated final block", "data: a\n\ndata: b\n", []Event{{"message", "a", "", -1}}},
 		{"unterminated final line", "data: a\n\ndata: b", []Event{{"message", "a", "", -1}}},
 		{"invalid UTF-8 replaced", "data: \xff\n\n", []Event{{"message", "\ufffd", "", -1}}},
+		{"truncated sequence is one U+FFFD", "data: \xe2\x82x\n\n", []Event{{"message", "\ufffdx", "", -1}}},
+		{"truncated at line end", "data: a\xf0\x9f\x98\n\n", []Event{{"message", "a\ufffd", "", -1}}},
+		{"surrogate is three U+FFFD", "data: \xed\xa0\x80\n\n", []Event{{"message", "\ufffd\ufffd\ufffd", "", -1}}},
+		{"overlong is two U+FFFD", "data: \xc0\xaf\n\n", []Event{{"message", "\ufffd\ufffd", "", -1}}},
+		{"valid after invalid", "data: \xffé\n\n", []Event{{"message", "\ufffdé", "", -1}}},
 		{"field name is case sensitive", "Data: a\ndata: b\n\n", []Event{{"message", "b", "", -1}}},
 	}
 	for _, tt := range tests {
