@@ -1,0 +1,547 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+type scenario struct {
+	title  string
+	header []string
+	run    func(ctx context.Context, s *server) row
+}
+
+var scenarioByName = map[string]scenario{
+	"fanout": {
+		title:  "fanout: 1,000 clients, 5,000 events of 64 B published as fast as Publish returns",
+		header: deliveryHeader,
+		run: func(ctx context.Context, s *server) row {
+			return runDelivery(ctx, s, 1000, 5000, 64, 0)
+		},
+	},
+	"rate": {
+		title:  "rate: 1,000 clients, 1,000 events/s of 64 B for 5 s",
+		header: deliveryHeader,
+		run: func(ctx context.Context, s *server) row {
+			return runDelivery(ctx, s, 1000, 5000, 64, 1000)
+		},
+	},
+	"idle": {
+		title:  "idle: 10,000 connections that receive nothing",
+		header: []string{"library", "connected", "RSS Δ MiB", "RSS/conn KiB", "heap+stack/conn KiB", "goroutines/conn", "notes"},
+		run: func(ctx context.Context, s *server) row {
+			return runIdle(ctx, s, 10000)
+		},
+	},
+	"slow": {
+		title: "slow: 100 reading clients, 20,000 events of 1 KiB as fast as Publish returns, " +
+			"without (A) and then with (B) one more client that never reads; up to 3 rounds",
+		header: []string{"library", "publish A s", "publish B s", "B/A", "slow client gone after", "others delivered/expected", "p99 ms", "RSS MiB", "peak RSS MiB", "notes"},
+		run:    runSlow,
+	},
+}
+
+var deliveryHeader = []string{"library", "delivered/expected", "deliveries/s", "publish s", "srv CPU-s/M deliv", "p50 ms", "p99 ms", "max ms", "RSS MiB", "peak RSS MiB", "goroutines", "notes"}
+
+// row is one library's result in a scenario's table.
+type row struct {
+	lib    string
+	config string
+	cells  []string // all columns but the library and the notes
+	notes  []string
+}
+
+type table struct {
+	title  string
+	header []string
+	rows   []row
+}
+
+func (t *table) add(r row) { t.rows = append(t.rows, r) }
+
+// print writes the table in Markdown, the library's configuration above it.
+func (t *table) print(w io.Writer) {
+	fmt.Fprintf(w, "\n## %s\n\n", t.title)
+	for _, r := range t.rows {
+		fmt.Fprintf(w, "- %s: %s\n", r.lib, r.config)
+	}
+	fmt.Fprintln(w)
+	rows := [][]string{t.header}
+	for _, r := range t.rows {
+		cells := append([]string{r.lib}, r.cells...)
+		for len(cells) < len(t.header)-1 {
+			cells = append(cells, "-")
+		}
+		note := strings.Join(r.notes, "; ")
+		if note == "" {
+			note = "-"
+		}
+		rows = append(rows, append(cells, note))
+	}
+	width := make([]int, len(t.header))
+	for _, cells := range rows {
+		for i, c := range cells {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	line := func(cells []string) {
+		var b strings.Builder
+		b.WriteString("|")
+		for i, c := range cells {
+			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(c))
+			if i == 0 || i == len(cells)-1 {
+				b.WriteString(" " + c + pad + " |") // names and notes: left
+			} else {
+				b.WriteString(" " + pad + c + " |") // numbers: right
+			}
+		}
+		fmt.Fprintln(w, b.String())
+	}
+	line(rows[0])
+	sep := make([]string, len(width))
+	for i, n := range width {
+		sep[i] = strings.Repeat("-", n)
+	}
+	line(sep)
+	for _, cells := range rows[1:] {
+		line(cells)
+	}
+}
+
+// connectAndSync connects n reading clients and waits until each has received a sync event,
+// which proves it is subscribed (whatever the library does when, or whether, it sends the
+// response headers).
+func connectAndSync(ctx context.Context, s *server, n, readBuf int) ([]*conn, error) {
+	conns, err := dialAll(ctx, s.addr, n, true, readBuf)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	if err := waitHandlers(ctx, s, n, 30*time.Second); err != nil {
+		closeAll(conns)
+		return nil, err
+	}
+	for try := 0; ; try++ {
+		if _, err := s.publish(ctx, 1, 0, 0, 0, true, 5*time.Second); err != nil {
+			closeAll(conns)
+			return nil, fmt.Errorf("sync publish: %w", err)
+		}
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			if synced(conns) == n {
+				return conns, nil
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if try == 50 || ctx.Err() != nil {
+			closeAll(conns)
+			return nil, fmt.Errorf("%d of %d clients saw a sync event", synced(conns), n)
+		}
+	}
+}
+
+func synced(conns []*conn) int {
+	n := 0
+	for _, c := range conns {
+		if c.syncs.Load() > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// waitHandlers waits until n /events handlers run in the server.
+func waitHandlers(ctx context.Context, s *server, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := s.stats(ctx, false)
+		if err != nil {
+			return err
+		}
+		if st.Handlers == int64(n) {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%d of %d handlers running after %v", st.Handlers, n, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// drain waits until the connections have received want events of phase in all, or until
+// none arrives for stall, or ctx is done.
+func drain(ctx context.Context, conns []*conn, phase int, want int64, stall time.Duration) int64 {
+	got, last := int64(0), time.Now()
+	for {
+		n := received(conns, phase)
+		if n >= want {
+			return n
+		}
+		if n != got {
+			got, last = n, time.Now()
+		}
+		if time.Since(last) > stall || ctx.Err() != nil {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lastReceive returns the Unix ns of the last measured event of phase received.
+func lastReceive(conns []*conn, phase int) int64 {
+	var t int64
+	for _, c := range conns {
+		t = max(t, c.lastRecv[phase].Load())
+	}
+	return t
+}
+
+// disconnected returns how many of conns the server has closed.
+func disconnected(conns []*conn) int {
+	n := 0
+	for _, c := range conns {
+		if c.closed.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// latencies merges the latencies of phases (µs); only once the readers have stopped.
+func latencies(conns []*conn, phases ...int) []uint32 {
+	var all []uint32
+	for _, c := range conns {
+		for _, p := range phases {
+			all = append(all, c.lat[p]...)
+		}
+	}
+	slices.Sort(all)
+	return all
+}
+
+func pct(sorted []uint32, p float64) string {
+	if len(sorted) == 0 {
+		return "-"
+	}
+	i := min(int(p*float64(len(sorted))), len(sorted)-1)
+	return ms(sorted[i])
+}
+
+func ms(us uint32) string { return fmt.Sprintf("%.1f", float64(us)/1e3) }
+
+func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
+
+// runDelivery is fanout and rate: clients receive n events of size bytes published at rate
+// per second (0: as fast as publish returns).
+func runDelivery(ctx context.Context, s *server, clients, n, size int, rate float64) row {
+	var r row
+	conns, err := connectAndSync(ctx, s, clients, 16<<10)
+	if err != nil {
+		r.notes = append(r.notes, err.Error())
+		return r
+	}
+	defer closeAll(conns)
+	const phase = 1
+	want := int64(n) * int64(clients)
+
+	cpu0, _ := cpuTime(s.pid)
+	self0 := selfCPU()
+	pub, err := s.publish(ctx, n, size, rate, phase, false, 40*time.Second)
+	if err != nil {
+		r.notes = append(r.notes, "publish: "+err.Error())
+	}
+	got := drain(ctx, conns, phase, want, 5*time.Second)
+	cpu1, _ := cpuTime(s.pid)
+	self1 := selfCPU()
+	rss, hwm, _ := memory(s.pid)
+	st, _ := s.stats(ctx, false)
+	lost := disconnected(conns)
+	end := lastReceive(conns, phase)
+	closeAll(conns)
+	lat := latencies(conns, phase)
+
+	rateStr, cpuStr := "-", "-"
+	if got > 0 && end > pub.StartNs {
+		rateStr = fmt.Sprintf("%.0f", float64(got)/(float64(end-pub.StartNs)/1e9))
+		cpuStr = fmt.Sprintf("%.2f", (cpu1-cpu0).Seconds()/float64(got)*1e6)
+	}
+	pubStr := "-"
+	if pub.Finished {
+		pubStr = fmt.Sprintf("%.3f", float64(pub.EndNs-pub.StartNs)/1e9)
+	} else if err == nil {
+		pubStr = "unfinished"
+		if budgetOut(ctx) {
+			r.notes = append(r.notes, "the budget ran out")
+		}
+		r.notes = append(r.notes, fmt.Sprintf("PUBLISH UNFINISHED: %d of %d events published when the server answered, after %.0fs",
+			pub.Published, n, time.Duration(pub.AnsweredNs-pub.StartNs).Seconds()))
+	}
+	r.cells = []string{
+		fmt.Sprintf("%d/%d", got, want), rateStr, pubStr, cpuStr,
+		pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1), mib(rss), mib(hwm), fmt.Sprint(st.Goroutines),
+	}
+	if got < want {
+		r.notes = append(r.notes, fmt.Sprintf("LOST %d deliveries", want-got))
+	}
+	if lost > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d clients disconnected by the server", lost))
+	}
+	if st.SSE != nil && st.SSE.SlowDisconnects > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d slow disconnects", st.SSE.SlowDisconnects))
+	}
+	if o := outOfOrder(conns); o > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
+	}
+	r.notes = append(r.notes, fmt.Sprintf("load side used %.1f CPU-s", (self1-self0).Seconds()))
+	return r
+}
+
+// budgetOut reports whether the scenario's budget is (all but) spent, which is why a publish
+// that answers unfinished may not have been blocked at all.
+func budgetOut(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ctx.Err() != nil || ok && time.Until(dl) < 5*time.Second
+}
+
+func outOfOrder(conns []*conn) (n int64) {
+	for _, c := range conns {
+		n += c.outOfOrd
+	}
+	return n
+}
+
+// runIdle opens n connections that receive nothing, and measures what they cost the server.
+func runIdle(ctx context.Context, s *server, n int) row {
+	var r row
+	st0, err := s.stats(ctx, true)
+	if err != nil {
+		r.notes = append(r.notes, err.Error())
+		return r
+	}
+	rss0, _, _ := memory(s.pid)
+	conns, err := dialAll(ctx, s.addr, n, true, 4<<10)
+	if err != nil {
+		r.notes = append(r.notes, "dial: "+err.Error())
+		return r
+	}
+	defer closeAll(conns)
+	if err := waitHandlers(ctx, s, n, 30*time.Second); err != nil {
+		r.notes = append(r.notes, err.Error())
+		return r
+	}
+	// Let subscriptions that happen after the handler starts (in the libraries' own
+	// goroutines) settle.
+	time.Sleep(time.Second)
+	st1, err := s.stats(ctx, true)
+	if err != nil {
+		r.notes = append(r.notes, err.Error())
+		return r
+	}
+	rss1, _, _ := memory(s.pid)
+	if s.profile != "" {
+		if err := s.get(ctx, "POST", "/heapprofile", nil, new(struct{})); err != nil {
+			r.notes = append(r.notes, "heap profile: "+err.Error())
+		}
+	}
+	dRSS := rss1 - rss0
+	dMem := int64(st1.HeapInuse+st1.StackInuse) - int64(st0.HeapInuse+st0.StackInuse)
+	r.cells = []string{
+		fmt.Sprint(st1.Handlers), mib(dRSS),
+		fmt.Sprintf("%.2f", float64(dRSS)/float64(n)/1024),
+		fmt.Sprintf("%.2f", float64(dMem)/float64(n)/1024),
+		fmt.Sprintf("%.2f", float64(st1.Goroutines-st0.Goroutines)/float64(n)),
+	}
+	perConn := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / float64(n) / 1024 }
+	r.notes = append(r.notes, fmt.Sprintf("KiB/conn: heap %.2f, stacks %.2f, all runtime memory %.2f",
+		perConn(st0.HeapInuse, st1.HeapInuse), perConn(st0.StackInuse, st1.StackInuse), perConn(st0.RuntimeSys, st1.RuntimeSys)))
+	if lc := st1.LibClients; lc >= 0 && lc != n {
+		r.notes = append(r.notes, fmt.Sprintf("library counts %d clients", lc))
+	}
+	if d := disconnected(conns); d > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d connections closed by the server", d))
+	}
+	return r
+}
+
+// runSlow: see the scenario's title.
+func runSlow(ctx context.Context, s *server) row {
+	const (
+		readers = 100
+		events  = 20000
+		size    = 1024
+		rounds  = 3
+	)
+	var r row
+	conns, err := connectAndSync(ctx, s, readers, 64<<10)
+	if err != nil {
+		r.notes = append(r.notes, err.Error())
+		return r
+	}
+	defer closeAll(conns)
+
+	// Warm up: the first burst grows buffers and the heap, which would be charged to A.
+	if _, err := s.publish(ctx, 2000, size, 0, 1, false, 20*time.Second); err != nil {
+		r.notes = append(r.notes, "warm-up: "+err.Error())
+		return r
+	}
+	drain(ctx, conns, 1, 2000*readers, 5*time.Second)
+
+	var durA, durB, gone []string
+	var ratios []string
+	var got, want int64
+	var phases []int
+	phase := 2
+	for round := 0; round < rounds && ctx.Err() == nil; round++ {
+		// A: without the slow client.
+		a, err := s.publish(ctx, events, size, 0, phase, false, 20*time.Second)
+		phases = append(phases, phase)
+		want += events * readers
+		got += drain(ctx, conns, phase, events*readers, 5*time.Second)
+		phase++
+		if err != nil || !a.Finished {
+			durA = append(durA, "unfinished")
+			if err != nil {
+				r.notes = append(r.notes, "publish A: "+err.Error())
+			}
+			r.notes = append(r.notes, fmt.Sprintf("publish A unfinished after 20s or when the budget ran out, without a slow client: %d of %d published", a.Published, events))
+			break
+		}
+		dA := time.Duration(a.EndNs - a.StartNs)
+		durA = append(durA, fmt.Sprintf("%.3f", dA.Seconds()))
+
+		// B: with one more client, which never reads.
+		slow, err := dial(ctx, s.addr, false, 0)
+		if err != nil {
+			r.notes = append(r.notes, "slow client: "+err.Error())
+			break
+		}
+		if err := waitHandlers(ctx, s, readers+1, 10*time.Second); err != nil {
+			slow.close()
+			r.notes = append(r.notes, err.Error())
+			break
+		}
+		waitLibClients(ctx, s, readers+1)
+		goneAt := make(chan int64, 1)
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		go watchGone(watchCtx, s, readers, goneAt)
+
+		b, err := s.publish(ctx, events, size, 0, phase, false, 20*time.Second)
+		phases = append(phases, phase)
+		want += events * readers
+		gotB := drain(ctx, conns, phase, events*readers, 5*time.Second)
+		got += gotB
+		phase++
+		if err != nil || !b.Finished {
+			durB = append(durB, "stuck")
+			ratios = append(ratios, "∞")
+			why := ""
+			if err != nil {
+				why = " (" + err.Error() + ")"
+			}
+			if budgetOut(ctx) {
+				r.notes = append(r.notes, fmt.Sprintf("publish unfinished when the budget ran out: %d of %d published%s", b.Published, events, why))
+			} else {
+				r.notes = append(r.notes, fmt.Sprintf("PUBLISHER STOPPED by the client that does not read: %d of %d published, then Publish blocked%s", b.Published, events, why))
+			}
+			stopWatch()
+			slow.close()
+			break
+		}
+		if gotB < events*readers {
+			r.notes = append(r.notes, fmt.Sprintf("DELIVERY STOPPED for the readers with the client that does not read: %d of %d in B, though Publish returned", gotB, events*readers))
+		}
+		dB := time.Duration(b.EndNs - b.StartNs)
+		durB = append(durB, fmt.Sprintf("%.3f", dB.Seconds()))
+		ratios = append(ratios, fmt.Sprintf("%.2f", dB.Seconds()/dA.Seconds()))
+		// The slow client should be dropped within the write timeout of the write that
+		// stalls; give it that and more.
+		select {
+		case t := <-goneAt:
+			gone = append(gone, fmt.Sprintf("%.1fs", float64(t-b.StartNs)/1e9))
+		case <-time.After(15 * time.Second):
+			gone = append(gone, "never")
+		case <-ctx.Done():
+			gone = append(gone, "?")
+		}
+		stopWatch()
+		slow.close()
+		if gone[len(gone)-1] != "never" {
+			// Back to the readers alone before the next A.
+			if err := waitHandlers(ctx, s, readers, 10*time.Second); err != nil {
+				r.notes = append(r.notes, err.Error())
+				break
+			}
+		} else {
+			r.notes = append(r.notes, "the client that does not read stayed connected")
+			break
+		}
+	}
+	rss, hwm, _ := memory(s.pid)
+	st, _ := s.stats(ctx, false)
+	lost := disconnected(conns)
+	closeAll(conns)
+	lat := latencies(conns, phases...)
+	join := func(s []string) string {
+		if len(s) == 0 {
+			return "-"
+		}
+		return strings.Join(s, " / ")
+	}
+	if len(gone) == 0 && len(durB) > 0 {
+		gone = append(gone, "never")
+	}
+	r.cells = []string{join(durA), join(durB), join(ratios), join(gone), fmt.Sprintf("%d/%d", got, want), pct(lat, 0.99), mib(rss), mib(hwm)}
+	if got < want {
+		r.notes = append(r.notes, fmt.Sprintf("readers LOST %d deliveries", want-got))
+	}
+	if lost > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d readers disconnected by the server", lost))
+	}
+	if st.SSE != nil {
+		r.notes = append(r.notes, fmt.Sprintf("slow disconnects: %d", st.SSE.SlowDisconnects))
+	}
+	if o := outOfOrder(conns); o > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
+	}
+	return r
+}
+
+// waitLibClients waits (briefly) until a library that counts its clients counts n: the
+// handler may run before the library has registered the client with its publisher.
+func waitLibClients(ctx context.Context, s *server, n int) {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		st, err := s.stats(ctx, false)
+		if err != nil || st.LibClients == n {
+			return
+		}
+		if st.LibClients < 0 {
+			// No count to read: give the library's own goroutines a moment.
+			time.Sleep(200 * time.Millisecond)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// watchGone sends the Unix ns at which the server's /events handlers fell to n.
+func watchGone(ctx context.Context, s *server, n int, gone chan<- int64) {
+	for ctx.Err() == nil {
+		st, err := s.stats(ctx, false)
+		if err == nil && st.Handlers <= int64(n) {
+			gone <- time.Now().UnixNano()
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func numCPU() int { return runtime.NumCPU() }
