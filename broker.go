@@ -104,9 +104,13 @@ type Broker struct {
 	prefix string        // starts every ID this broker assigns; unique to this broker
 	done   chan struct{} // closed by Shutdown
 
-	// mu guards the fields below it and all topics and groups. Publish and subscription
-	// changes hold it exclusively; clients reading the history share it.
-	mu        sync.RWMutex
+	// Clients read these without a lock.
+	published atomic.Uint64 // the sequence number of the last event appended to all its topics
+	beats     atomic.Uint64 // how many heartbeat ticks there have been
+
+	// mu guards the fields below it, and what topics and groups say it guards. Publish,
+	// subscribing and unsubscribing hold it; clients reading the history do not.
+	mu        sync.Mutex
 	seq       uint64          // the sequence number of the last event published
 	ids       strings.Builder // holds the IDs the broker assigns; see id
 	topics    map[string]*topic
@@ -115,7 +119,6 @@ type Broker struct {
 	groups    map[string]*group
 	clients   int
 	closed    bool
-	beat      chan struct{} // closed and replaced at every heartbeat tick
 	beatTimer *time.Timer   // ticks while clients > 0
 	drained   chan struct{} // made by Shutdown; closed once no client is left
 
@@ -124,16 +127,35 @@ type Broker struct {
 	}
 }
 
-// A topic is the history of one topic: a ring of the last events published to it, which is
-// both the queue its clients read from and what reconnecting clients replay.
+// A topic is the history of one topic: the last events published to it, which are both the
+// queue its clients read from and what reconnecting clients replay. Events are kept in chunks
+// that Publish fills once and never changes, so that clients read them without a lock: the
+// head tells them how far the chunks are filled.
 type topic struct {
-	name    string
-	ring    []entry // grows up to opts.history; position p is at ring[p%len(ring)]
-	tail    uint64  // position of the oldest event held
-	head    uint64  // position of the next event
-	evicted uint64  // sequence number of the newest event dropped from the ring, 0 if none
+	name string
+
+	// Written by Publish under Broker.mu, read by clients without it.
+	head atomic.Uint64 // position of the next event; every entry before it is filled
+	tail atomic.Uint64 // position of the oldest event held
+
+	// Guarded by Broker.mu.
+	chunks  []*chunk // holding tail up to head, oldest first; never empty
+	evicted uint64   // sequence number of the newest event dropped, 0 if none
 	groups  []*group
 	unread  *list.Element // its place in Broker.unread while no client reads it
+}
+
+// chunkSize is how many events a chunk holds: Publish allocates one chunk every chunkSize
+// events, and a topic holds up to chunkSize-1 events beyond its history.
+const chunkSize = 32
+
+// A chunk holds chunkSize consecutive events of a topic. Publish writes each entry, and next,
+// before the topic's head moves past them, and never again: a client that has loaded the head
+// may read everything before it.
+type chunk struct {
+	start   uint64 // position of entries[0]
+	entries [chunkSize]entry
+	next    *chunk
 }
 
 // maxUnreadTopics bounds how many topics that no client reads keep their history. Beyond it,
@@ -151,13 +173,35 @@ type entry struct {
 // A group is the clients subscribed to the same set of topics. They share one wake-up
 // channel, so that Publish does work per group, not per client.
 type group struct {
+	// Guarded by Broker.mu.
 	key     string // the topics' names, sorted; see groupKey
 	topics  []*topic
 	slots   []int // the group's index in each of its topics' groups
 	clients int
 
-	wakeMu sync.Mutex    // guards wake while Broker.mu is held shared
-	wake   chan struct{} // closed by Publish to wake the group's clients; nil when none waits
+	wakeMu sync.Mutex    // guards wake, which clients set without Broker.mu
+	wake   chan struct{} // closed to wake the group's clients; nil when none waits
+}
+
+// wakeUp wakes the group's waiting clients.
+func (g *group) wakeUp() {
+	g.wakeMu.Lock()
+	ch := g.wake
+	g.wake = nil
+	g.wakeMu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
+}
+
+// waiter returns a channel that is closed the next time the group is woken.
+func (g *group) waiter() <-chan struct{} {
+	g.wakeMu.Lock()
+	defer g.wakeMu.Unlock()
+	if g.wake == nil {
+		g.wake = make(chan struct{})
+	}
+	return g.wake
 }
 
 // NewBroker returns a Broker with replay history, heartbeats and a retry hint on, each with the
@@ -177,9 +221,6 @@ func NewBroker(opts ...Option) *Broker {
 	}
 	for _, opt := range opts {
 		opt(&b.opts)
-	}
-	if b.opts.heartbeat > 0 {
-		b.beat = make(chan struct{})
 	}
 	return b
 }
@@ -220,8 +261,8 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		at = time.Now().UnixNano()
 	}
 
-	var wakeBuf [4]chan struct{}
-	wake := wakeBuf[:0]
+	var groupBuf [4]*group
+	wake := groupBuf[:0]
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -248,15 +289,16 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 			b.markUnread(t)
 		}
 		for _, g := range t.groups {
-			if g.wake != nil {
-				wake = append(wake, g.wake)
-				g.wake = nil
+			if !slices.Contains(wake, g) {
+				wake = append(wake, g)
 			}
 		}
 	}
+	// Only now is the event in every topic: a client of several reads it no sooner.
+	b.published.Store(b.seq)
 	b.mu.Unlock()
-	for _, c := range wake {
-		close(c)
+	for _, g := range wake {
+		g.wakeUp()
 	}
 	b.stats.published.Add(1)
 	return id, nil
@@ -286,7 +328,7 @@ func (b *Broker) topic(name string) *topic {
 	if t == nil {
 		// Events of a topic forgotten earlier under this name are not in the new ring: a
 		// client resuming from before them must be told it missed them.
-		t = &topic{name: name, evicted: b.forgotten}
+		t = &topic{name: name, evicted: b.forgotten, chunks: []*chunk{{}}}
 		b.topics[name] = t
 	}
 	return t
@@ -308,8 +350,8 @@ func (b *Broker) markUnread(t *topic) {
 // forget drops t and its history.
 func (b *Broker) forget(t *topic) {
 	newest := t.evicted
-	if t.head > t.tail {
-		newest = t.at(t.head - 1).seq
+	if h := t.head.Load(); h > t.tail.Load() {
+		newest = t.at(h - 1).seq
 	}
 	b.forgotten = max(b.forgotten, newest)
 	if t.unread != nil {
@@ -318,46 +360,61 @@ func (b *Broker) forget(t *topic) {
 	delete(b.topics, t.name)
 }
 
-// append adds e to the ring, dropping the oldest event if the ring holds limit already.
+// append adds e to the topic, dropping the oldest event if the topic holds limit already.
+// b.mu must be held.
 func (t *topic) append(e entry, limit int) {
-	if t.head-t.tail == uint64(len(t.ring)) {
-		if len(t.ring) < limit {
-			t.grow(min(limit, max(8, 2*len(t.ring))))
-		} else {
-			t.evicted = t.ring[t.tail%uint64(len(t.ring))].seq
-			t.tail++
-		}
+	h := t.head.Load()
+	last := t.chunks[len(t.chunks)-1]
+	if h == last.start+chunkSize {
+		c := &chunk{start: h}
+		last.next = c
+		t.chunks = append(t.chunks, c)
+		last = c
 	}
-	t.ring[t.head%uint64(len(t.ring))] = e
-	t.head++
+	last.entries[h-last.start] = e
+	if h+1-t.tail.Load() > uint64(limit) {
+		t.dropOldest()
+	}
+	t.head.Store(h + 1) // publishes the entry, and the chunk's next, to clients
 }
 
-func (t *topic) grow(n int) {
-	ring := make([]entry, n)
-	for p := t.tail; p < t.head; p++ {
-		ring[p%uint64(n)] = t.ring[p%uint64(len(t.ring))]
+// dropOldest drops the oldest event held. b.mu must be held.
+func (t *topic) dropOldest() {
+	tail := t.tail.Load()
+	t.evicted = t.at(tail).seq
+	t.tail.Store(tail + 1)
+	if first := t.chunks[0]; tail+1 == first.start+chunkSize && len(t.chunks) > 1 {
+		// Clients still reading the chunk keep it; the topic lets it go.
+		t.chunks[0] = nil
+		t.chunks = t.chunks[1:]
 	}
-	t.ring = ring
 }
 
 // dropOlder drops the events published before the Unix time cutoff (in nanoseconds).
+// b.mu must be held.
 func (t *topic) dropOlder(cutoff int64) {
-	for t.tail < t.head {
-		e := &t.ring[t.tail%uint64(len(t.ring))]
-		if e.at >= cutoff {
-			return
-		}
-		t.evicted = e.seq
-		*e = entry{}
-		t.tail++
+	for t.tail.Load() < t.head.Load() && t.at(t.tail.Load()).at < cutoff {
+		t.dropOldest()
 	}
 }
 
-func (t *topic) at(p uint64) *entry { return &t.ring[p%uint64(len(t.ring))] }
+// chunk returns the chunk that holds position p, or for p == head, the last chunk if p is its
+// end. b.mu must be held.
+func (t *topic) chunk(p uint64) *chunk {
+	i := int((p - t.chunks[0].start) / chunkSize)
+	return t.chunks[min(i, len(t.chunks)-1)]
+}
+
+// at returns the event at position p, which must be held. b.mu must be held.
+func (t *topic) at(p uint64) *entry {
+	c := t.chunk(p)
+	return &c.entries[p-c.start]
+}
 
 // after returns the position of the first event held with a sequence number above seq.
+// b.mu must be held.
 func (t *topic) after(seq uint64) uint64 {
-	lo, hi := t.tail, t.head
+	lo, hi := t.tail.Load(), t.head.Load()
 	for lo < hi {
 		mid := lo + (hi-lo)/2
 		if t.at(mid).seq <= seq {
@@ -402,7 +459,7 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 		return
 	}
 	setHeaders(w.Header())
-	s := flushWriter{w: w, rc: http.NewResponseController(w), timeout: b.opts.writeTimeout}
+	s := newFlushWriter(w, r, b.opts.writeTimeout)
 	// What net/http writes after the handler returns (over HTTP/1.1, the end of the chunked
 	// body) must not wait forever on a client that stopped reading.
 	defer func() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }()
@@ -421,14 +478,14 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 	ctx := r.Context()
 	closing := false
 	for {
-		frames, wake, beat, lost := c.next(b)
+		frames, wake, lost := c.next(b)
 		if lost {
 			b.stats.slow.Add(1)
 			return
 		}
 		if len(frames) > 0 {
 			err := s.write(frames...)
-			clear(frames) // let the ring drop them
+			clear(frames) // let the history drop them
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					b.stats.slow.Add(1)
@@ -443,20 +500,22 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 			s.write(appendRetry(nil, b.retryLater()))
 			return
 		}
+		// Publish, heartbeat ticks and Shutdown all wake the group.
 		select {
 		case <-wake:
-		case <-beat:
+		case <-ctx.Done():
+			return
+		}
+		if n := b.beats.Load(); n != c.beats {
+			c.beats = n
 			if c.idle && s.write(heartbeat) != nil {
 				return
 			}
 			c.idle = true
-		case <-ctx.Done():
-			return
-		case <-b.done:
-			// Send what was published before Shutdown first: Publish accepts nothing more,
-			// so this ends.
-			closing = true
 		}
+		// Send what was published before Shutdown first: Publish accepts nothing more, so
+		// this ends.
+		closing = b.isClosed()
 	}
 }
 
@@ -514,67 +573,111 @@ func (b *Broker) retryLater() time.Duration {
 // goroutine uses it.
 type client struct {
 	g       *group
-	cursors []uint64 // for each of g.topics, the position of the next event to send
+	cursors []cursor // one for each of g.topics
 	frames  [][]byte // reused for every batch
 	idle    bool     // nothing was sent since the last heartbeat tick
+	beats   uint64   // Broker.beats when the client last looked
+}
+
+// A cursor is a client's place in one topic: the position of the next event to send, and
+// the chunk that holds it (or ends there).
+type cursor struct {
+	t   *topic
+	c   *chunk
+	pos uint64
+}
+
+// peek returns the event at the cursor, which must be before the topic's head.
+func (cur *cursor) peek() *entry {
+	if cur.pos == cur.c.start+chunkSize {
+		cur.c = cur.c.next
+	}
+	return &cur.c.entries[cur.pos-cur.c.start]
 }
 
 // maxBatch bounds how many events a client writes between flushes, and so the memory it holds.
 const maxBatch = 128
 
 // next returns the client's next events, in publish order, and advances its cursors. When there
-// are none, it returns the channels that are closed when there may be. lost reports that the
+// are none, it returns a channel that is closed when there may be. lost reports that the
 // client fell further behind than the history holds.
-func (c *client) next(b *Broker) (frames [][]byte, wake, beat <-chan struct{}, lost bool) {
-	frames = c.frames[:0]
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	topics := c.g.topics
-	for i, t := range topics {
-		if c.cursors[i] < t.tail {
-			return nil, nil, nil, true
+func (c *client) next(b *Broker) (frames [][]byte, wake <-chan struct{}, lost bool) {
+	if frames, lost = c.read(b); lost || len(frames) > 0 {
+		return frames, nil, lost
+	}
+	wake = c.g.waiter()
+	// What happened before the waiter was made did not close it: an event published, a
+	// heartbeat tick, Shutdown. Each is done before its wake-up, so it is seen now.
+	if frames, lost = c.read(b); lost || len(frames) > 0 {
+		return frames, nil, lost
+	}
+	if c.beats != b.beats.Load() || b.isClosed() {
+		return nil, closed, false
+	}
+	return nil, wake, false
+}
+
+// closed is a closed channel: a wake-up that has already happened.
+var closed = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// isClosed reports whether Shutdown has been called.
+func (b *Broker) isClosed() bool {
+	select {
+	case <-b.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// read returns the client's next events, without a lock: every entry before a topic's head
+// is written and will not change.
+func (c *client) read(b *Broker) (frames [][]byte, lost bool) {
+	for i := range c.cursors {
+		if c.cursors[i].pos < c.cursors[i].t.tail.Load() {
+			return nil, true
 		}
 	}
-	if len(topics) == 1 {
-		t := topics[0]
-		for p := c.cursors[0]; p < t.head && len(frames) < maxBatch; p++ {
-			frames = append(frames, t.at(p).frame)
+	frames = c.frames[:0]
+	if len(c.cursors) == 1 {
+		cur := &c.cursors[0]
+		for head := cur.t.head.Load(); cur.pos < head && len(frames) < maxBatch; cur.pos++ {
+			frames = append(frames, cur.peek().frame)
 		}
-		c.cursors[0] += uint64(len(frames))
 	} else {
-		frames = c.merge(frames)
+		frames = c.merge(frames, b.published.Load())
 	}
 	c.frames = frames
-	if len(frames) > 0 {
-		return frames, nil, nil, false
-	}
-	c.g.wakeMu.Lock()
-	if c.g.wake == nil {
-		c.g.wake = make(chan struct{})
-	}
-	wake = c.g.wake
-	c.g.wakeMu.Unlock()
-	return nil, wake, b.beat, false
+	return frames, false
 }
 
 // merge appends the events of several topics in sequence order, each event once however many
-// of the topics it was published to.
-func (c *client) merge(frames [][]byte) [][]byte {
-	topics := c.g.topics
+// of the topics it was published to. It takes only events up to sequence number published,
+// which are in all their topics already.
+func (c *client) merge(frames [][]byte, published uint64) [][]byte {
 	for len(frames) < maxBatch {
 		var next *entry
-		for i, t := range topics {
-			if p := c.cursors[i]; p < t.head && (next == nil || t.at(p).seq < next.seq) {
-				next = t.at(p)
+		for i := range c.cursors {
+			cur := &c.cursors[i]
+			if cur.pos < cur.t.head.Load() {
+				if e := cur.peek(); e.seq <= published && (next == nil || e.seq < next.seq) {
+					next = e
+				}
 			}
 		}
 		if next == nil {
 			return frames
 		}
 		frames = append(frames, next.frame)
-		for i, t := range topics {
-			if p := c.cursors[i]; p < t.head && t.at(p).seq == next.seq {
-				c.cursors[i]++
+		seq := next.seq
+		for i := range c.cursors {
+			cur := &c.cursors[i]
+			if cur.pos < cur.t.head.Load() && cur.peek().seq == seq {
+				cur.pos++
 			}
 		}
 	}
@@ -621,7 +724,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 	g.clients++
 	b.clients++
 	b.stats.clients.Add(1)
-	if b.clients == 1 && b.beat != nil {
+	if b.clients == 1 && b.opts.heartbeat > 0 {
 		if b.beatTimer == nil {
 			b.beatTimer = time.AfterFunc(b.opts.heartbeat, b.tick)
 		} else {
@@ -629,10 +732,14 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 		}
 	}
 
-	c = &client{g: g, cursors: make([]uint64, len(g.topics))}
+	c = &client{g: g, cursors: make([]cursor, len(g.topics)), beats: b.beats.Load()}
+	place := func(i int, pos uint64) {
+		t := g.topics[i]
+		c.cursors[i] = cursor{t: t, c: t.chunk(pos), pos: pos}
+	}
 	if lastID == "" {
 		for i, t := range g.topics {
-			c.cursors[i] = t.head
+			place(i, t.head.Load())
 		}
 		return c, b.id(b.seq), false, nil
 	}
@@ -644,7 +751,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 	}
 	seq, known := b.lookup(g.topics, lastID)
 	for i, t := range g.topics {
-		c.cursors[i] = t.after(seq)
+		place(i, t.after(seq))
 		if t.evicted > seq {
 			known = false
 		}
@@ -658,8 +765,8 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 	// MissedType again (for a client of one topic; of several, where it may still be due).
 	from := b.seq
 	for _, t := range g.topics {
-		if t.head > t.tail {
-			from = min(from, t.at(t.tail).seq-1)
+		if tail := t.tail.Load(); t.head.Load() > tail {
+			from = min(from, t.at(tail).seq-1)
 		}
 	}
 	return c, b.id(from), true, nil
@@ -677,7 +784,7 @@ func (b *Broker) lookup(topics []*topic, id string) (seq uint64, ok bool) {
 	}
 	// An ID the application chose: the newest event that has it.
 	for _, t := range topics {
-		for p := t.head; p > t.tail && t.at(p-1).seq > seq; p-- {
+		for p := t.head.Load(); p > t.tail.Load() && t.at(p-1).seq > seq; p-- {
 			if e := t.at(p - 1); e.id == id {
 				seq, ok = e.seq, true
 				break
@@ -719,7 +826,7 @@ func (b *Broker) leave(c *client) {
 		for i, t := range g.topics {
 			t.removeGroup(g.slots[i])
 			if len(t.groups) == 0 {
-				if t.head == t.tail {
+				if t.head.Load() == t.tail.Load() {
 					b.forget(t) // nothing to replay: only its subscribers made it
 				} else {
 					b.markUnread(t)
@@ -739,18 +846,18 @@ func (b *Broker) leave(c *client) {
 	}
 }
 
-// tick closes the heartbeat channel, waking every idle client, and starts the next interval.
+// tick counts a heartbeat and wakes every client, and starts the next interval.
 func (b *Broker) tick() {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.clients == 0 || b.closed {
-		b.mu.Unlock()
 		return
 	}
-	old := b.beat
-	b.beat = make(chan struct{})
+	b.beats.Add(1)
+	for _, g := range b.groups {
+		g.wakeUp()
+	}
 	b.beatTimer.Reset(b.opts.heartbeat)
-	b.mu.Unlock()
-	close(old)
 }
 
 // Shutdown ends every stream, each with a retry hint, and makes Publish return ErrClosed. It
@@ -762,6 +869,9 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	if !b.closed {
 		b.closed = true
 		close(b.done)
+		for _, g := range b.groups {
+			g.wakeUp()
+		}
 		if b.beatTimer != nil {
 			b.beatTimer.Stop()
 		}

@@ -20,7 +20,7 @@ type Stream struct {
 // clients that POST their question and read the answer as a stream.
 func NewStream(w http.ResponseWriter, r *http.Request) (*Stream, error) {
 	setHeaders(w.Header())
-	fw := &flushWriter{w: w, rc: http.NewResponseController(w), timeout: defaultWriteTimeout}
+	fw := newFlushWriter(w, r, defaultWriteTimeout)
 	w.WriteHeader(http.StatusOK)
 	if err := fw.write(); err != nil {
 		return nil, err
@@ -62,6 +62,14 @@ type flushWriter struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
+	// clear says to remove the deadline after each write. Over HTTP/2 a deadline ends the
+	// stream when it passes, even with no write under way, so it cannot stay while the
+	// stream is idle; over HTTP/1.1 it only fails a write, and the next write sets its own.
+	clear bool
+}
+
+func newFlushWriter(w http.ResponseWriter, r *http.Request, timeout time.Duration) *flushWriter {
+	return &flushWriter{w: w, rc: http.NewResponseController(w), timeout: timeout, clear: r.ProtoMajor >= 2}
 }
 
 func (fw *flushWriter) Write(p []byte) (int, error) {
@@ -73,10 +81,11 @@ func (fw *flushWriter) Write(p []byte) (int, error) {
 
 // write writes frames and flushes them, within the write timeout.
 func (fw *flushWriter) write(frames ...[]byte) error {
-	// The deadline goes as soon as the write is done: over HTTP/2 it would otherwise end an
-	// idle stream. A ResponseWriter that cannot set one (ErrNotSupported) writes without.
+	// A ResponseWriter that cannot set a deadline (ErrNotSupported) writes without one.
 	fw.rc.SetWriteDeadline(time.Now().Add(fw.timeout))
-	defer fw.rc.SetWriteDeadline(time.Time{})
+	if fw.clear {
+		defer fw.rc.SetWriteDeadline(time.Time{})
+	}
 	for _, f := range frames {
 		if _, err := fw.w.Write(f); err != nil {
 			return err
