@@ -380,11 +380,12 @@ func (t *topic) append(e entry, limit int) {
 
 // dropOldest drops the oldest event held. b.mu must be held.
 func (t *topic) dropOldest() {
-	tail := t.tail.Load()
-	t.evicted = t.at(tail).seq
-	t.tail.Store(tail + 1)
-	if first := t.chunks[0]; tail+1 == first.start+chunkSize && len(t.chunks) > 1 {
-		// Clients still reading the chunk keep it; the topic lets it go.
+	tail := t.tail.Load() + 1
+	t.evicted = t.at(tail - 1).seq
+	t.tail.Store(tail)
+	// Let go of the chunks wholly before the tail (clients still reading one keep it), but
+	// not of the last, which the next event may go into.
+	for len(t.chunks) > 1 && t.chunks[0].start+chunkSize <= tail {
 		t.chunks[0] = nil
 		t.chunks = t.chunks[1:]
 	}

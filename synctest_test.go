@@ -141,6 +141,42 @@ func TestHistoryAgeTiming(t *testing.T) {
 	})
 }
 
+// TestHistoryBounded publishes far more than the history holds, with events also aging out in
+// between, at a publish or at a client's join: the chunks a topic keeps stay within the
+// history, plus one partly filled.
+func TestHistoryBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const history = 100
+		b := NewBroker(WithHistory(history), WithHistoryAge(time.Second), WithHeartbeat(-1))
+		defer b.Shutdown(context.Background())
+		_, stop := serve(b, "") // a client that keeps the topic alive throughout
+		defer stop()
+		for round := range 10 {
+			for range chunkSize * (round%3 + 1) {
+				b.Publish(Event{Data: "x"})
+			}
+			time.Sleep(2 * time.Second) // all of them age out
+			if round%2 == 0 {
+				_, stop := serve(b, "resume") // which ages them out at the join
+				synctest.Wait()
+				stop()
+			}
+		}
+		for range 10 * history {
+			b.Publish(Event{Data: "x"})
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		tp := b.topics[""]
+		if held, max := len(tp.chunks), history/chunkSize+2; held > max {
+			t.Errorf("topic keeps %d chunks, want at most %d", held, max)
+		}
+		if n := tp.head.Load() - tp.tail.Load(); n != history {
+			t.Errorf("topic holds %d events, want %d", n, history)
+		}
+	})
+}
+
 // TestShutdownRetryJitter checks that the retry hints at shutdown are spread out.
 func TestShutdownRetryJitter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
