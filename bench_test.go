@@ -3,9 +3,11 @@ package sse
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -328,4 +330,36 @@ func (c *blankLineCounter) Write(p []byte) {
 	}
 	c.count += bytes.Count(p, []byte("\n\n"))
 	c.last = p[len(p)-1]
+}
+
+// BenchmarkPublishGroups publishes to a topic that every client reads beside a topic of its
+// own, the per-user pattern ("user:ID", "announcements"): each client is a group of its own,
+// and Publish's work grows with the number of groups, not faster.
+func BenchmarkPublishGroups(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("groups=%d", n), func(b *testing.B) {
+			br := NewBroker(WithHistory(1 << 16))
+			ctx, cancel := context.WithCancel(context.Background())
+			f := &benchClients{br: br, cancel: cancel}
+			for i := range n {
+				r := httptest.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
+				w := &discardResponse{h: make(http.Header)}
+				f.wg.Go(func() { br.ServeEvents(w, r, "user:"+strconv.Itoa(i), "announcements") })
+			}
+			f.waitClients(b, n)
+			defer f.close(b)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := br.Publish(Event{Data: benchData}, "announcements"); err != nil {
+					b.Fatal(err)
+				}
+				if i++; i%publishBatch == 0 {
+					b.StopTimer()
+					f.waitDelivered(b, int64(i*n))
+					b.StartTimer()
+				}
+			}
+		})
+	}
 }

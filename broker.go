@@ -261,11 +261,11 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		at = time.Now().UnixNano()
 	}
 
-	var groupBuf [4]*group
-	wake := groupBuf[:0]
+	var topicBuf [4]*topic
+	added := topicBuf[:0]
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.closed {
-		b.mu.Unlock()
 		return "", ErrClosed
 	}
 	b.seq++
@@ -288,17 +288,16 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		if len(t.groups) == 0 {
 			b.markUnread(t)
 		}
-		for _, g := range t.groups {
-			if !slices.Contains(wake, g) {
-				wake = append(wake, g)
-			}
-		}
+		added = append(added, t)
 	}
-	// Only now is the event in every topic: a client of several reads it no sooner.
+	// Only now is the event in every topic, so only now may a client of several read it:
+	// wake clients after this. (A group in several of the topics is woken more than once,
+	// which costs little: only the first finds clients waiting.)
 	b.published.Store(b.seq)
-	b.mu.Unlock()
-	for _, g := range wake {
-		g.wakeUp()
+	for _, t := range added {
+		for _, g := range t.groups {
+			g.wakeUp()
+		}
 	}
 	b.stats.published.Add(1)
 	return id, nil
