@@ -155,7 +155,7 @@ const chunkSize = 32
 type chunk struct {
 	start   uint64 // position of entries[0]
 	entries [chunkSize]entry
-	next    *chunk
+	next    atomic.Pointer[chunk] // set before head passes start+chunkSize; cut once the tail is past it
 }
 
 // maxUnreadTopics bounds how many topics that no client reads keep their history. Beyond it,
@@ -166,7 +166,7 @@ const maxUnreadTopics = 1024
 type entry struct {
 	seq   uint64
 	at    int64  // publish time in Unix nanoseconds, kept only with a history age
-	id    string // the event's ID, as the client will send it back
+	id    string // the ID the application gave the event, if it did
 	frame []byte // the whole event on the wire; shared by every client, never modified
 }
 
@@ -275,7 +275,9 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		frame = append(frame, id...)
 		frame = append(frame, "\n\n"...)
 	}
-	e := entry{seq: b.seq, at: at, id: id, frame: frame}
+	// Only an ID the application chose is kept for lookup: the broker's own carry their
+	// sequence number, and keeping them would hold on to the buffer they were cut from.
+	e := entry{seq: b.seq, at: at, id: ev.ID, frame: frame}
 	for i, name := range topics {
 		if slices.Contains(topics[:i], name) {
 			continue // once per topic, however often it is named
@@ -366,7 +368,7 @@ func (t *topic) append(e entry, limit int) {
 	last := t.chunks[len(t.chunks)-1]
 	if h == last.start+chunkSize {
 		c := &chunk{start: h}
-		last.next = c
+		last.next.Store(c)
 		t.chunks = append(t.chunks, c)
 		last = c
 	}
@@ -384,7 +386,11 @@ func (t *topic) dropOldest() {
 	t.tail.Store(tail)
 	// Let go of the chunks wholly before the tail (clients still reading one keep it), but
 	// not of the last, which the next event may go into.
-	for len(t.chunks) > 1 && t.chunks[0].start+chunkSize <= tail {
+	// A chunk is let go of only once the tail is strictly past its end: then no client
+	// that is not lost needs its next, which is cut so that a client stalled on it (in a
+	// write) does not keep every later chunk reachable.
+	for len(t.chunks) > 1 && t.chunks[0].start+chunkSize < tail {
+		t.chunks[0].next.Store(nil)
 		t.chunks[0] = nil
 		t.chunks = t.chunks[1:]
 	}
@@ -587,10 +593,15 @@ type cursor struct {
 	pos uint64
 }
 
-// peek returns the event at the cursor, which must be before the topic's head.
+// peek returns the event at the cursor, which must be before the topic's head, or nil if the
+// cursor's chunk was cut from the history: the client is lost.
 func (cur *cursor) peek() *entry {
 	if cur.pos == cur.c.start+chunkSize {
-		cur.c = cur.c.next
+		next := cur.c.next.Load()
+		if next == nil {
+			return nil
+		}
+		cur.c = next
 	}
 	return &cur.c.entries[cur.pos-cur.c.start]
 }
@@ -646,10 +657,18 @@ func (c *client) read(b *Broker) (frames [][]byte, lost bool) {
 	if len(c.cursors) == 1 {
 		cur := &c.cursors[0]
 		for head := cur.t.head.Load(); cur.pos < head && len(frames) < maxBatch; cur.pos++ {
-			frames = append(frames, cur.peek().frame)
+			e := cur.peek()
+			if e == nil {
+				c.frames = frames
+				return nil, true
+			}
+			frames = append(frames, e.frame)
 		}
 	} else {
-		frames = c.merge(frames, b.published.Load())
+		if frames, lost = c.merge(frames, b.published.Load()); lost {
+			c.frames = frames
+			return nil, true
+		}
 	}
 	c.frames = frames
 	return frames, false
@@ -658,30 +677,36 @@ func (c *client) read(b *Broker) (frames [][]byte, lost bool) {
 // merge appends the events of several topics in sequence order, each event once however many
 // of the topics it was published to. It takes only events up to sequence number published,
 // which are in all their topics already.
-func (c *client) merge(frames [][]byte, published uint64) [][]byte {
+func (c *client) merge(frames [][]byte, published uint64) ([][]byte, bool) {
 	for len(frames) < maxBatch {
 		var next *entry
 		for i := range c.cursors {
 			cur := &c.cursors[i]
 			if cur.pos < cur.t.head.Load() {
-				if e := cur.peek(); e.seq <= published && (next == nil || e.seq < next.seq) {
+				e := cur.peek()
+				if e == nil {
+					return frames, true
+				}
+				if e.seq <= published && (next == nil || e.seq < next.seq) {
 					next = e
 				}
 			}
 		}
 		if next == nil {
-			return frames
+			return frames, false
 		}
 		frames = append(frames, next.frame)
 		seq := next.seq
 		for i := range c.cursors {
 			cur := &c.cursors[i]
-			if cur.pos < cur.t.head.Load() && cur.peek().seq == seq {
-				cur.pos++
+			if cur.pos < cur.t.head.Load() {
+				if e := cur.peek(); e != nil && e.seq == seq { // nil: lost, found by the next read
+					cur.pos++
+				}
 			}
 		}
 	}
-	return frames
+	return frames, false
 }
 
 var errFull = errors.New("sse: too many clients")

@@ -633,6 +633,39 @@ func TestLaggingClient(t *testing.T) {
 	})
 }
 
+// TestStalledClientMemory stalls a client's write with no deadline to end it (middleware
+// without Unwrap) while far more than the history is published: what the stalled client holds
+// on to must not grow with what is published.
+func TestStalledClientMemory(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithHistory(64))
+		gate, hit := make(chan struct{}), make(chan struct{})
+		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b.ServeEvents(&gatedWriter{ResponseWriter: w, gate: gate, hit: hit}, r)
+		}))
+		ts := s.openN(t, "/", 1)
+		publish(t, b, "0")
+		<-hit // the client is stuck writing event 0
+
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		pad := strings.Repeat("x", 1000)
+		for range 20000 {
+			publish(t, b, pad)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		// 20 MB were published; the history holds 64 KB of it.
+		if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 4<<20 {
+			t.Errorf("heap grew by %d bytes while a client was stalled, want under 4 MiB", grown)
+		}
+		close(gate)
+		ts.expect("0")
+		ts.expectEnd() // and it is then found to have fallen behind
+	})
+}
+
 func TestClientGoesAway(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		b := NewBroker()
