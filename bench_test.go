@@ -363,3 +363,53 @@ func BenchmarkPublishGroups(b *testing.B) {
 		})
 	}
 }
+
+// stalledResponse is a client whose first event's write blocks until release is closed, as a
+// client that stops reading blocks a write: it cannot set a deadline, so it stays stuck.
+type stalledResponse struct {
+	discardResponse
+	release chan struct{}
+}
+
+func (w *stalledResponse) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("data: ")) {
+		<-w.release
+	}
+	return len(p), nil
+}
+
+// BenchmarkPublishStalled publishes 1 KiB events to 100 reading clients, with and without one
+// more client stuck in a write: Publish must not notice it.
+func BenchmarkPublishStalled(b *testing.B) {
+	const readers = 100
+	payload := strings.Repeat("x", 1024)
+	for _, stalled := range []bool{false, true} {
+		b.Run(fmt.Sprintf("stalled=%v", stalled), func(b *testing.B) {
+			br := NewBroker()
+			f := connectInProcess(b, br, readers)
+			clients := readers
+			release := make(chan struct{})
+			if stalled {
+				w := &stalledResponse{discardResponse{h: make(http.Header)}, release}
+				r := httptest.NewRequest(http.MethodGet, "/", nil)
+				f.wg.Go(func() { br.ServeEvents(w, r) })
+				clients++
+			}
+			f.waitClients(b, clients)
+			defer f.close(b)
+			defer close(release) // before close, which waits for every client
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := br.Publish(Event{Data: payload}); err != nil {
+					b.Fatal(err)
+				}
+				if i++; i%publishBatch == 0 {
+					b.StopTimer()
+					f.waitDelivered(b, int64(i*readers))
+					b.StartTimer()
+				}
+			}
+		})
+	}
+}
