@@ -609,15 +609,23 @@ func (g *gatedWriter) Write(p []byte) (int, error) {
 
 func (g *gatedWriter) Flush() { g.ResponseWriter.(http.Flusher).Flush() }
 
+// newGatedServer serves b's streams through a gatedWriter: hit is closed once a client's first
+// event write blocks, and closing gate lets it go on.
+func newGatedServer(t *testing.T, m mode, b *Broker) (s *server, gate, hit chan struct{}) {
+	t.Helper()
+	gate, hit = make(chan struct{}), make(chan struct{})
+	s = newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.ServeEvents(&gatedWriter{ResponseWriter: w, gate: gate, hit: hit}, r)
+	}))
+	return s, gate, hit
+}
+
 // TestLaggingClient stalls a client's writes while more events than the history holds are
 // published: the client must be disconnected rather than skip events.
 func TestLaggingClient(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		b := NewBroker(WithHistory(8))
-		gate, hit := make(chan struct{}), make(chan struct{})
-		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			b.ServeEvents(&gatedWriter{ResponseWriter: w, gate: gate, hit: hit}, r)
-		}))
+		s, gate, hit := newGatedServer(t, m, b)
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "0")
 		<-hit // the client is stuck writing event 0
@@ -639,10 +647,7 @@ func TestLaggingClient(t *testing.T) {
 func TestStalledClientMemory(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		b := NewBroker(WithHistory(64))
-		gate, hit := make(chan struct{}), make(chan struct{})
-		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			b.ServeEvents(&gatedWriter{ResponseWriter: w, gate: gate, hit: hit}, r)
-		}))
+		s, gate, hit := newGatedServer(t, m, b)
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "0")
 		<-hit // the client is stuck writing event 0
@@ -724,10 +729,7 @@ func TestShutdown(t *testing.T) {
 func TestShutdownContext(t *testing.T) {
 	checkGoroutines(t)
 	b := NewBroker()
-	gate, hit := make(chan struct{}), make(chan struct{})
-	s := newServer(t, http1, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b.ServeEvents(&gatedWriter{ResponseWriter: w, gate: gate, hit: hit}, r)
-	}))
+	s, gate, hit := newGatedServer(t, http1, b)
 	s.openN(t, "/", 1)
 	publish(t, b, "x")
 	<-hit
