@@ -623,13 +623,13 @@ func (c *client) next(b *Broker) (frames [][]byte, wake <-chan struct{}, lost bo
 		return frames, nil, lost
 	}
 	if c.beats != b.beats.Load() || b.isClosed() {
-		return nil, closed, false
+		return nil, woken, false
 	}
 	return nil, wake, false
 }
 
-// closed is a closed channel: a wake-up that has already happened.
-var closed = func() chan struct{} {
+// woken is a closed channel: a wake-up that has already happened.
+var woken = func() chan struct{} {
 	c := make(chan struct{})
 	close(c)
 	return c
