@@ -7,51 +7,51 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"sse"
 	"sse/internal/spec"
+	"sse/internal/ssetest"
 )
 
 func TestChatRooms(t *testing.T) {
 	ts := start(t)
-	lobby := subscribe(t, ts, "/rooms/lobby/events", "")
-	other := subscribe(t, ts, "/rooms/other/events", "")
+	lobby := ssetest.Subscribe(t, ts.Server, "/rooms/lobby/events", "")
+	other := ssetest.Subscribe(t, ts.Server, "/rooms/other/events", "")
 
 	text := "hello, <world> \"quoted\" é\nsecond line"
 	post(t, ts, "/rooms/lobby/messages", url.Values{"name": {"ann"}, "text": {text}})
 	post(t, ts, "/rooms/other/messages", url.Values{"text": {"elsewhere"}})
 
-	checkMessage(t, next(t, lobby), "ann", text)
+	checkMessage(t, ssetest.Next(t, lobby), "ann", text)
 	// Each stream delivers in publish order: had the lobby's message reached the other room,
 	// it would come before this one.
-	checkMessage(t, next(t, other), "anonymous", "elsewhere")
+	checkMessage(t, ssetest.Next(t, other), "anonymous", "elsewhere")
 }
 
 func TestChatReplay(t *testing.T) {
 	ts := start(t)
-	d := subscribe(t, ts, "/rooms/lobby/events", "")
+	d := ssetest.Subscribe(t, ts.Server, "/rooms/lobby/events", "")
 	post(t, ts, "/rooms/lobby/messages", url.Values{"name": {"ann"}, "text": {"one"}})
 	post(t, ts, "/rooms/lobby/messages", url.Values{"name": {"bob"}, "text": {"two"}})
-	first := next(t, d)
+	first := ssetest.Next(t, d)
 	checkMessage(t, first, "ann", "one")
-	checkMessage(t, next(t, d), "bob", "two")
+	checkMessage(t, ssetest.Next(t, d), "bob", "two")
 
 	// What an EventSource does when its connection drops after the first message.
-	again := subscribe(t, ts, "/rooms/lobby/events", first.LastEventID)
-	checkMessage(t, next(t, again), "bob", "two")
+	again := ssetest.Subscribe(t, ts.Server, "/rooms/lobby/events", first.LastEventID)
+	checkMessage(t, ssetest.Next(t, again), "bob", "two")
 
 	// An ID the server never gave (from before a restart, say): the page is told it may have
 	// missed messages, then gets what the room still holds.
-	unknown := subscribe(t, ts, "/rooms/lobby/events", "from-an-earlier-run-1")
-	if ev := next(t, unknown); ev.Type != sse.MissedType {
+	unknown := ssetest.Subscribe(t, ts.Server, "/rooms/lobby/events", "from-an-earlier-run-1")
+	if ev := ssetest.Next(t, unknown); ev.Type != sse.MissedType {
 		t.Fatalf("first event after an unknown Last-Event-ID = %+v, want type %q", ev, sse.MissedType)
 	}
-	checkMessage(t, next(t, unknown), "ann", "one")
-	checkMessage(t, next(t, unknown), "bob", "two")
+	checkMessage(t, ssetest.Next(t, unknown), "ann", "one")
+	checkMessage(t, ssetest.Next(t, unknown), "bob", "two")
 }
 
 func TestChatBadRequests(t *testing.T) {
@@ -102,7 +102,7 @@ func TestChatBadRequests(t *testing.T) {
 func TestChatPage(t *testing.T) {
 	ts := start(t)
 	// The page listens for the missed event by name, which must be the library's.
-	checkPage(t, ts.Server, `addEventListener("`+sse.MissedType+`"`)
+	ssetest.CheckPage(t, ts.Server, `addEventListener("`+sse.MissedType+`"`)
 }
 
 type server struct {
@@ -114,7 +114,7 @@ type server struct {
 // goroutine it started has ended.
 func start(t *testing.T) server {
 	t.Helper()
-	checkGoroutines(t)
+	ssetest.CheckGoroutines(t)
 	b := sse.NewBroker()
 	ts := httptest.NewServer(newServer(b))
 	t.Cleanup(ts.Close)
@@ -125,31 +125,6 @@ func start(t *testing.T) server {
 		}
 	})
 	return server{ts, b}
-}
-
-// subscribe opens the event stream at path, with a Last-Event-ID header unless lastID is
-// empty, and returns a decoder reading it; the stream is closed at the end of the test. The
-// client has joined the room when subscribe returns: the Broker flushes the headers only then.
-func subscribe(t *testing.T, ts server, path, lastID string) *spec.Decoder {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+path, nil)
-	if lastID != "" {
-		req.Header.Set("Last-Event-ID", lastID)
-	}
-	resp, err := ts.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: status %d, want 200", path, resp.StatusCode)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
-		t.Fatalf("GET %s: Content-Type %q, want text/event-stream", path, ct)
-	}
-	return spec.NewDecoder(resp.Body)
 }
 
 // post sends form to path as the page does, and checks that it was accepted.
@@ -165,15 +140,6 @@ func post(t *testing.T, ts server, path string, form url.Values) {
 	}
 }
 
-func next(t *testing.T, d *spec.Decoder) spec.Event {
-	t.Helper()
-	ev, err := d.Next()
-	if err != nil {
-		t.Fatalf("reading the stream: %v", err)
-	}
-	return ev
-}
-
 // checkMessage checks that ev is a chat message from name saying text.
 func checkMessage(t *testing.T, ev spec.Event, name, text string) {
 	t.Helper()
@@ -187,46 +153,4 @@ func checkMessage(t *testing.T, ev spec.Event, name, text string) {
 	if m.Name != name || m.Text != text || time.Since(m.Time) > time.Minute {
 		t.Fatalf("message = %+v, want name %q, text %q and the time now", m, name, text)
 	}
-}
-
-// checkPage checks that / serves the HTML page, and that it contains want.
-func checkPage(t *testing.T, ts *httptest.Server, want string) {
-	t.Helper()
-	resp, err := ts.Client().Get(ts.URL + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /: status %d, want 200", resp.StatusCode)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
-		t.Errorf("GET /: Content-Type %q, want text/html", ct)
-	}
-	if !strings.Contains(string(body), want) {
-		t.Errorf("GET /: page does not contain %q", want)
-	}
-}
-
-// checkGoroutines makes t fail if, once it and its cleanups are done, more goroutines are
-// running than when it started.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("%d goroutines running, want %d:\n%s", runtime.NumGoroutine(), before, buf)
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
 }

@@ -5,13 +5,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"sse/internal/spec"
+	"sse/internal/ssetest"
 )
 
 func TestTokens(t *testing.T) {
@@ -26,7 +26,7 @@ func TestTokens(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := get(t, ts, "/reply?"+tt.rawQuery)
+			d := ssetest.Subscribe(t, ts, "/reply?"+tt.rawQuery, "")
 			var words []string
 			for {
 				ev, err := d.Next()
@@ -98,73 +98,15 @@ func TestTokensBadQuestion(t *testing.T) {
 }
 
 func TestTokensPage(t *testing.T) {
-	ts := start(t, newServer(&replier{}))
-	resp, err := ts.Client().Get(ts.URL + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /: status %d, want 200", resp.StatusCode)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
-		t.Errorf("GET /: Content-Type %q, want text/html", ct)
-	}
-	if want := `addEventListener("done"`; !strings.Contains(string(body), want) {
-		t.Errorf("GET /: page does not contain %q", want)
-	}
+	ssetest.CheckPage(t, start(t, newServer(&replier{})), `addEventListener("done"`)
 }
 
 // start serves h on a test server, and checks at the end of the test that every goroutine it
 // started has ended.
 func start(t *testing.T, h http.Handler) *httptest.Server {
 	t.Helper()
-	checkGoroutines(t)
+	ssetest.CheckGoroutines(t)
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
 	return ts
-}
-
-// get opens the event stream at path and returns a decoder reading it; the stream is closed
-// at the end of the test.
-func get(t *testing.T, ts *httptest.Server, path string) *spec.Decoder {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+path, nil)
-	resp, err := ts.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: status %d, want 200", path, resp.StatusCode)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
-		t.Fatalf("GET %s: Content-Type %q, want text/event-stream", path, ct)
-	}
-	return spec.NewDecoder(resp.Body)
-}
-
-// checkGoroutines makes t fail if, once it and its cleanups are done, more goroutines are
-// running than when it started.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("%d goroutines running, want %d:\n%s", runtime.NumGoroutine(), before, buf)
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
 }
