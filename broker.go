@@ -117,13 +117,15 @@ type Broker struct {
 	unread    list.List // of *topic: those no client reads, most recently published first
 	forgotten uint64    // the newest sequence number of any topic forgotten
 	groups    map[string]*group
-	clients   int
 	closed    bool
 	beatTimer *time.Timer   // ticks while clients > 0
 	drained   chan struct{} // made by Shutdown; closed once no client is left
 
 	stats struct {
-		clients, published, delivered, slow, replays, unknownReplays, refused atomic.Int64
+		// clients counts open streams. It changes only under mu, whose holders may rely on it.
+		clients atomic.Int64
+
+		published, delivered, slow, replays, unknownReplays, refused atomic.Int64
 	}
 }
 
@@ -728,7 +730,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 	if b.closed {
 		return nil, "", false, ErrClosed
 	}
-	if b.opts.maxClients > 0 && b.clients >= b.opts.maxClients {
+	if b.opts.maxClients > 0 && b.stats.clients.Load() >= int64(b.opts.maxClients) {
 		return nil, "", false, errFull
 	}
 	g := b.groups[key]
@@ -747,9 +749,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 		b.groups[key] = g
 	}
 	g.clients++
-	b.clients++
-	b.stats.clients.Add(1)
-	if b.clients == 1 && b.opts.heartbeat > 0 {
+	if b.stats.clients.Add(1) == 1 && b.opts.heartbeat > 0 {
 		if b.beatTimer == nil {
 			b.beatTimer = time.AfterFunc(b.opts.heartbeat, b.tick)
 		} else {
@@ -859,9 +859,7 @@ func (b *Broker) leave(c *client) {
 			}
 		}
 	}
-	b.clients--
-	b.stats.clients.Add(-1)
-	if b.clients == 0 {
+	if b.stats.clients.Add(-1) == 0 {
 		if b.beatTimer != nil {
 			b.beatTimer.Stop()
 		}
@@ -875,7 +873,7 @@ func (b *Broker) leave(c *client) {
 func (b *Broker) tick() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.clients == 0 || b.closed {
+	if b.stats.clients.Load() == 0 || b.closed {
 		return
 	}
 	b.beats.Add(1)
@@ -901,7 +899,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 			b.beatTimer.Stop()
 		}
 		b.drained = make(chan struct{})
-		if b.clients == 0 {
+		if b.stats.clients.Load() == 0 {
 			close(b.drained)
 		}
 	}
