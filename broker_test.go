@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -908,5 +910,74 @@ func TestStream(t *testing.T) {
 		if err := <-sent; err == nil {
 			t.Errorf("Send after the client left = nil, want an error")
 		}
+	})
+}
+
+// A handler that returns long after its last Send still ends its response cleanly: the
+// client reads to the end of the body without an error, and over HTTP/1.1 reuses the
+// connection.
+func TestStreamEndsAfterWriteTimeout(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		s := newServer(t, m, NewBroker(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			st, err := NewStream(w, r)
+			if err != nil {
+				return
+			}
+			st.SetWriteTimeout(20 * time.Millisecond)
+			st.Send(Event{Data: "last"})
+			time.Sleep(200 * time.Millisecond) // finishing up, ten times the write timeout
+		}))
+		var reused []bool
+		for range 2 {
+			trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = append(reused, info.Reused) }}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", s.URL, nil)
+			resp, err := s.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("reading the body: %v (got %q)", err, body)
+			}
+			if !strings.HasSuffix(string(body), "data: last\n\n") {
+				t.Fatalf("body %q, want it to end with the last event", body)
+			}
+		}
+		if !reused[1] {
+			t.Errorf("the second request did not reuse the connection")
+		}
+	})
+}
+
+// SetWriteTimeout bounds how long a Send to a client that does not read may take.
+func TestStreamSetWriteTimeout(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		sent := make(chan error, 1)
+		s := newServer(t, m, NewBroker(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			st, err := NewStream(w, r)
+			if err != nil {
+				sent <- err
+				return
+			}
+			st.SetWriteTimeout(50 * time.Millisecond)
+			big := Event{Data: strings.Repeat("x", 64<<10)}
+			for {
+				if err := st.Send(big); err != nil {
+					sent <- err
+					return
+				}
+			}
+		}))
+		ts := s.open(t, "/", "") // and never read
+		select {
+		case err := <-sent:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("Send to a client that does not read: %v, want a deadline error", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Send still blocked after 5s with a 50ms write timeout")
+		}
+		ts.close()
 	})
 }

@@ -11,6 +11,7 @@ import (
 // event is flushed as it is sent. Stream is not safe for concurrent use.
 type Stream struct {
 	ctx context.Context
+	fw  *flushWriter
 	enc *Encoder
 }
 
@@ -21,11 +22,21 @@ type Stream struct {
 func NewStream(w http.ResponseWriter, r *http.Request) (*Stream, error) {
 	setHeaders(w.Header())
 	fw := newFlushWriter(w, r, defaultWriteTimeout)
+	// The handler may return long after its last Send: no deadline may be left for what
+	// net/http writes then (over HTTP/1.1, the end of the chunked body).
+	fw.clear = true
 	w.WriteHeader(http.StatusOK)
 	if err := fw.write(); err != nil {
 		return nil, err
 	}
-	return &Stream{ctx: r.Context(), enc: NewEncoder(fw)}, nil
+	return &Stream{ctx: r.Context(), fw: fw, enc: NewEncoder(fw)}, nil
+}
+
+// SetWriteTimeout sets how long each later Send or Comment may take before it fails, 10s
+// by default; zero or less means no limit. The deadline covers one write only, so a stream
+// may stay open for any time between them, whatever the server's WriteTimeout.
+func (s *Stream) SetWriteTimeout(d time.Duration) {
+	s.fw.timeout = d
 }
 
 // Send writes ev and flushes it. Once the client has gone or a write has failed, it returns
@@ -64,7 +75,8 @@ type flushWriter struct {
 	timeout time.Duration
 	// clear says to remove the deadline after each write. Over HTTP/2 a deadline ends the
 	// stream when it passes, even with no write under way, so it cannot stay while the
-	// stream is idle; over HTTP/1.1 it only fails a write, and the next write sets its own.
+	// stream is idle; over HTTP/1.1 it only fails a write, and the next write sets its own,
+	// but it also fails what net/http writes after the handler returns.
 	clear bool
 }
 
@@ -82,7 +94,11 @@ func (fw *flushWriter) Write(p []byte) (int, error) {
 // write writes frames and flushes them, within the write timeout.
 func (fw *flushWriter) write(frames ...[]byte) error {
 	// A ResponseWriter that cannot set a deadline (ErrNotSupported) writes without one.
-	fw.rc.SetWriteDeadline(time.Now().Add(fw.timeout))
+	var deadline time.Time
+	if fw.timeout > 0 {
+		deadline = time.Now().Add(fw.timeout)
+	}
+	fw.rc.SetWriteDeadline(deadline)
 	if fw.clear {
 		defer fw.rc.SetWriteDeadline(time.Time{})
 	}
