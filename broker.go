@@ -437,24 +437,34 @@ func preamble(retry time.Duration, start string, missed bool) []byte {
 	return append(b, '\n')
 }
 
-// lastEventID returns the ID of the last event the client of r saw, if it says.
+// lastEventID returns the ID of the last event the client of r saw, if it says. An ID longer
+// than MaxIDLen cannot be one that was assigned: it is unknownID, at a cost that does not
+// depend on how much the client sent.
 func lastEventID(r *http.Request) string {
 	id := r.Header.Get("Last-Event-ID")
 	if id == "" && strings.Contains(r.URL.RawQuery, "lastEventId") {
 		id = r.URL.Query().Get("lastEventId")
 	}
+	if len(id) > MaxIDLen {
+		// In ISO-8859-1 (below) an ID takes fewer bytes than in UTF-8, never more.
+		return unknownID
+	}
 	if !utf8.ValidString(id) {
 		// RFC 9110 §5.5: header bytes that are not UTF-8 are taken as ISO-8859-1. Browsers send
 		// the ID as UTF-8, but fetch-based clients (Node's) send characters up to U+00FF as
 		// single bytes.
-		runes := make([]rune, len(id))
+		utf := make([]byte, 0, 2*len(id))
 		for i := range len(id) {
-			runes[i] = rune(id[i])
+			utf = utf8.AppendRune(utf, rune(id[i]))
 		}
-		id = string(runes)
+		id = string(utf)
 	}
 	return id
 }
+
+// unknownID stands for a Last-Event-ID that no event can have: it holds a NUL, which Publish
+// refuses in an ID, and no broker's prefix.
+const unknownID = "\x00"
 
 func appendRetry(b []byte, d time.Duration) []byte {
 	b = append(b, retryPrefix...)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"os"
 	"runtime"
@@ -980,4 +981,32 @@ func TestStreamSetWriteTimeout(t *testing.T) {
 		}
 		ts.close()
 	})
+}
+
+// An ID longer than MaxIDLen gets MissedType, and is never converted or copied: what it
+// costs does not grow with what the client sent.
+func TestReplayHugeID(t *testing.T) {
+	huge := strings.Repeat("\xfc", 512<<10) // not UTF-8: taken as ISO-8859-1
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		publish(t, b, "1")
+		ts := s.open(t, "/", huge)
+		if ev := ts.next(); ev.Type != MissedType {
+			t.Fatalf("got %+v, want %s", ev, MissedType)
+		}
+		ts.expect("1")
+	})
+
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set("Last-Event-ID", huge)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		lastEventID(r)
+	}
+	runtime.ReadMemStats(&after)
+	if n := (after.TotalAlloc - before.TotalAlloc) / 10; n > 4*MaxIDLen {
+		t.Errorf("reading a %d-byte Last-Event-ID allocates %d bytes, want at most %d", len(huge), n, 4*MaxIDLen)
+	}
 }
