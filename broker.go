@@ -597,12 +597,13 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 		return c, "", false, nil
 	}
 	b.stats.unknownReplays.Add(1)
-	// Resuming from just before the oldest event held replays the same events, without
-	// MissedType again (for a client of one topic; of several, where it may still be due).
+	// Resuming from just before the first event a cursor is on replays the same events, and
+	// no earlier ones that other cursors have passed (without MissedType again, unless
+	// events of one topic were dropped after another's first event: then they are missed).
 	from := b.seq
-	for _, t := range g.topics {
-		if tail := t.tail.Load(); t.head.Load() > tail {
-			from = min(from, t.at(tail).seq-1)
+	for _, cur := range c.cursors {
+		if cur.pos < cur.t.head.Load() {
+			from = min(from, cur.t.at(cur.pos).seq-1)
 		}
 	}
 	return c, b.id(from), true, nil

@@ -1010,3 +1010,28 @@ func TestReplayHugeID(t *testing.T) {
 		t.Errorf("reading a %d-byte Last-Event-ID allocates %d bytes, want at most %d", len(huge), n, 4*MaxIDLen)
 	}
 }
+
+// After MissedType, a client of several topics resumes from the ID it was given without
+// receiving again what one topic holds from before the replay.
+func TestMissedAcrossTopics(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithHistory(3))
+		s := newServer(t, m, b, b.Handler("a", "b"))
+		var ids []string
+		for i := 1; i <= 7; i++ {
+			topic := "b"
+			if i <= 2 {
+				topic = "a"
+			}
+			ids = append(ids, publish(t, b, strconv.Itoa(i), topic))
+		}
+		ts := s.open(t, "/", ids[1]) // event 2: b has dropped 3 and 4 since
+		missed := ts.next()
+		if missed.Type != MissedType {
+			t.Fatalf("got %+v, want %s", missed, MissedType)
+		}
+		ts.expect("5", "6", "7")
+		again := s.open(t, "/", missed.LastEventID)
+		again.expect("5", "6", "7")
+	})
+}
