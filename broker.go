@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"hash/maphash"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -115,7 +116,7 @@ type Broker struct {
 	ids       strings.Builder // holds the IDs the broker assigns; see id
 	topics    map[string]*topic
 	unread    list.List // of *topic: those no client reads, most recently published first
-	forgotten uint64    // the newest sequence number of any topic forgotten
+	forgotten *marks    // of the topics forgotten; nil until one with events is
 	groups    map[string]*group
 	closed    bool
 	beatTimer *time.Timer   // ticks while clients > 0
@@ -292,7 +293,7 @@ func (b *Broker) topic(name string) *topic {
 	if t == nil {
 		// Events of a topic forgotten earlier under this name are not in the new ring: a
 		// client resuming from before them must be told it missed them.
-		t = &topic{name: name, evicted: b.forgotten, chunks: []*chunk{{}}}
+		t = &topic{name: name, evicted: b.forgotten.get(name), chunks: []*chunk{{}}}
 		b.topics[name] = t
 	}
 	return t
@@ -311,17 +312,58 @@ func (b *Broker) markUnread(t *topic) {
 	}
 }
 
-// forget drops t and its history.
+// forget drops t and its history, keeping a mark of its newest event.
 func (b *Broker) forget(t *topic) {
 	newest := t.evicted
 	if h := t.head.Load(); h > t.tail.Load() {
 		newest = t.at(h - 1).seq
 	}
-	b.forgotten = max(b.forgotten, newest)
+	if newest > 0 {
+		if b.forgotten == nil {
+			b.forgotten = newMarks()
+		}
+		b.forgotten.raise(t.name, newest)
+	}
 	if t.unread != nil {
 		b.unread.Remove(t.unread)
 	}
 	delete(b.topics, t.name)
+}
+
+// marks remember, for the topics a Broker forgot, the sequence number of each one's newest
+// event, in bounded memory: a fixed table indexed by a hash of the name, each slot holding the
+// highest mark of the names that share it. A name's mark is never too low, so a client resuming
+// on a topic forgotten since is always told it missed events; it is too high only when another
+// name in the same slot was forgotten later with newer events, which costs that client a
+// needless MissedType.
+type marks struct {
+	seed  maphash.Seed
+	slots [markSlots]uint64
+}
+
+// markSlots is how many slots marks have: 32 KiB, made on the first topic forgotten with
+// events. With f topics forgotten after a client's last event, it is sent a needless
+// MissedType with a chance of about f/markSlots.
+const markSlots = 4096
+
+func newMarks() *marks { return &marks{seed: maphash.MakeSeed()} }
+
+func (m *marks) slot(name string) *uint64 {
+	return &m.slots[maphash.String(m.seed, name)%markSlots]
+}
+
+// raise records that a topic called name was forgotten with newest as its newest event.
+func (m *marks) raise(name string, newest uint64) {
+	s := m.slot(name)
+	*s = max(*s, newest)
+}
+
+// get returns the mark of name: no event of a topic of that name that was forgotten is newer.
+func (m *marks) get(name string) uint64 {
+	if m == nil {
+		return 0
+	}
+	return *m.slot(name)
 }
 
 // Handler returns an http.Handler that streams the events of topics (the default topic if

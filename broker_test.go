@@ -18,8 +18,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"sse/internal/spec"
 )
 
 func TestHeaders(t *testing.T) {
@@ -380,26 +378,11 @@ func TestResumeBeforeFirstEvent(t *testing.T) {
 		b := NewBroker()
 		s := newServer(t, m, b, b.Handler())
 		publish(t, b, "before")
-		ts := s.openN(t, "/", 1)
-		r := bufio.NewReader(ts.resp.Body)
-		var block string
-		for !strings.HasSuffix(block, "\n\n") {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("reading the preamble: %q, %v", block, err)
-			}
-			block += line
-		}
-		ts.close()
-		// What a client makes of the preamble: a data line after it shows the last event ID.
-		ev, err := spec.NewDecoder(strings.NewReader(block + "data\n\n")).Next()
-		if err != nil || ev.LastEventID == "" {
-			t.Fatalf("preamble %q gives %+v, %v; want a last event ID", block, ev, err)
-		}
+		id := s.openN(t, "/", 1).startID()
 		waitFor(t, "the client to leave", func() bool { return b.Stats().Clients == 0 })
 		publish(t, b, "away1")
 		publish(t, b, "away2")
-		s.open(t, "/", ev.LastEventID).expect("away1", "away2")
+		s.open(t, "/", id).expect("away1", "away2")
 	})
 }
 
@@ -1033,5 +1016,45 @@ func TestMissedAcrossTopics(t *testing.T) {
 		ts.expect("5", "6", "7")
 		again := s.open(t, "/", missed.LastEventID)
 		again.expect("5", "6", "7")
+	})
+}
+
+// A topic that never had an event is not taken for one that lost events when it is made
+// again, however many other topics were forgotten meanwhile; one that had events is.
+func TestForgottenTopicMarks(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/{topic}", func(w http.ResponseWriter, r *http.Request) {
+			b.ServeEvents(w, r, r.PathValue("topic"))
+		})
+		s := newServer(t, m, b, mux)
+		b.mu.Lock()
+		b.forgotten = newMarks() // made here to choose names below
+		b.mu.Unlock()
+		old := publish(t, b, "old", "busy")
+		publish(t, b, "newer", "busy")
+		start := s.openN(t, "/quiet", 1).startID()
+		waitFor(t, "the client to leave", func() bool { return b.Stats().Clients == 0 })
+
+		// Forget many topics with events, none sharing quiet's slot (sharing one is the
+		// documented cost of bounded memory).
+		for i, n := 0, 0; n < maxUnreadTopics+100; i++ {
+			name := "t" + strconv.Itoa(i)
+			if b.forgotten.slot(name) != b.forgotten.slot("quiet") {
+				publish(t, b, "x", name)
+				n++
+			}
+		}
+		ts := s.open(t, "/quiet", start)
+		waitFor(t, "the client to join", func() bool { return b.Stats().Clients == 1 })
+		publish(t, b, "hello", "quiet")
+		ts.expect("hello")
+		ts.close()
+
+		ts = s.open(t, "/busy", old)
+		if ev := ts.next(); ev.Type != MissedType {
+			t.Errorf("resuming a forgotten topic that had events: got %+v, want %s", ev, MissedType)
+		}
 	})
 }

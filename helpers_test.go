@@ -1,12 +1,14 @@
 package sse
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,6 +129,28 @@ func (ts *testStream) expect(want ...string) []spec.Event {
 		evs = append(evs, ev)
 	}
 	return evs
+}
+
+// startID reads the block a stream starts with and returns the last event ID it sets, and
+// closes the stream.
+func (ts *testStream) startID() string {
+	ts.t.Helper()
+	r := bufio.NewReader(ts.resp.Body)
+	var block string
+	for !strings.HasSuffix(block, "\n\n") {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			ts.t.Fatalf("reading the preamble: %q, %v", block, err)
+		}
+		block += line
+	}
+	ts.close()
+	// What a client makes of the preamble: a data line after it shows the last event ID.
+	ev, err := spec.NewDecoder(strings.NewReader(block + "data\n\n")).Next()
+	if err != nil || ev.LastEventID == "" {
+		ts.t.Fatalf("preamble %q gives %+v, %v; want a last event ID", block, ev, err)
+	}
+	return ev.LastEventID
 }
 
 // expectEnd checks that the stream ends without another event.

@@ -24,7 +24,8 @@
 // Every Publish goes to one or more topics, and every stream reads one or more; with none
 // named both use the default topic, "". A topic's history outlives its clients, so that they
 // can resume; of the topics no client reads, the Broker keeps the 1024 most recently published
-// and forgets the rest (a client resuming on a forgotten one receives [MissedType]). A client subscribed to several topics receives each event
+// and forgets the rest (a client resuming on a forgotten one receives [MissedType] if the topic
+// had events after its ID). A client subscribed to several topics receives each event
 // once, in publish order, even when it was published to several of them. Handler serves fixed
 // topics; to choose them per request (from the path, the query or the signed-in user), call
 // [Broker.ServeEvents] from your own handler, after refusing requests you do not serve with an
@@ -50,7 +51,9 @@
 // If the Broker cannot resume from the ID, because no event it holds has it (it came from an
 // earlier run of the process, say) or because events after it have already left the history,
 // the client first receives an event of type [MissedType] with empty data, then every event
-// still held: it may have missed some, and should refresh its state. A client that connects
+// still held: it may have missed some, and should refresh its state. For a client of several
+// topics, MissedType says that one of its topics dropped events after its ID; one of those
+// may still be held by another of its topics, and is then sent too. A client that connects
 // without a Last-Event-ID receives only the events published after it connects; its stream
 // starts with an ID of where it joined, so that even if it loses the connection before its
 // first event, it resumes without a gap.
