@@ -33,6 +33,7 @@ type Option func(*options)
 type options struct {
 	history      int
 	historyAge   time.Duration
+	memory       int64
 	heartbeat    time.Duration
 	retry        time.Duration
 	writeTimeout time.Duration
@@ -54,6 +55,20 @@ func WithHistory(n int) Option {
 // when d is not positive, events leave the history only when newer ones push them out.
 func WithHistoryAge(d time.Duration) Option {
 	return func(o *options) { o.historyAge = d }
+}
+
+// WithHistoryMemory sets how many bytes the history of all topics may take together, 64 MiB
+// by default (when n is zero); a negative n sets no limit. Over it, the oldest events of all
+// topics are dropped first, so that the history covers the same span of time for every topic
+// as far as it can. An event published to several topics counts once. What is counted is the
+// events as they go on the wire and the chunks that hold them; the package documentation
+// says what else each topic and client takes.
+func WithHistoryMemory(n int64) Option {
+	return func(o *options) {
+		if n != 0 {
+			o.memory = n
+		}
+	}
 }
 
 // WithHeartbeat sets the heartbeat interval, 15s by default (when d is zero); a negative d
@@ -112,7 +127,8 @@ type Broker struct {
 	// mu guards the fields below it, and what topics and groups say it guards. Publish,
 	// subscribing and unsubscribing hold it; clients reading the history do not.
 	mu        sync.Mutex
-	seq       uint64          // the sequence number of the last event published
+	seq       uint64 // the sequence number of the last event published
+	hist      history
 	ids       strings.Builder // holds the IDs the broker assigns; see id
 	topics    map[string]*topic
 	unread    list.List // of *topic: those no client reads, most recently published first
@@ -174,6 +190,7 @@ func NewBroker(opts ...Option) *Broker {
 	b := &Broker{
 		opts: options{
 			history:      1024,
+			memory:       64 << 20,
 			heartbeat:    15 * time.Second,
 			retry:        3 * time.Second,
 			writeTimeout: defaultWriteTimeout,
@@ -185,6 +202,13 @@ func NewBroker(opts ...Option) *Broker {
 	}
 	for _, opt := range opts {
 		opt(&b.opts)
+	}
+	b.hist = history{
+		perTopic: b.opts.history,
+		age:      b.opts.historyAge,
+		budget:   b.opts.memory,
+		byID:     make(map[string]uint64),
+		copies:   make(map[uint64]int),
 	}
 	return b
 }
@@ -239,23 +263,19 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		frame = append(frame, id...)
 		frame = append(frame, "\n\n"...)
 	}
-	// Only an ID the application chose is kept for lookup: the broker's own carry their
-	// sequence number, and keeping them would hold on to the buffer they were cut from.
-	e := entry{seq: b.seq, at: at, id: ev.ID, frame: frame}
 	for i, name := range topics {
 		if slices.Contains(topics[:i], name) {
 			continue // once per topic, however often it is named
 		}
-		t := b.topic(name)
-		t.append(e, b.opts.history)
-		if b.opts.historyAge > 0 {
-			t.dropOlder(at - int64(b.opts.historyAge))
-		}
+		added = append(added, b.topic(name))
+	}
+	b.hist.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, added)
+	for _, t := range added {
 		if len(t.groups) == 0 {
 			b.markUnread(t)
 		}
-		added = append(added, t)
 	}
+	b.forgetEmptied()
 	// Only now is the event in every topic, so only now may a client of several read it:
 	// wake clients after this. (A group in several of the topics is woken more than once,
 	// which costs little: only the first finds clients waiting.)
@@ -293,7 +313,7 @@ func (b *Broker) topic(name string) *topic {
 	if t == nil {
 		// Events of a topic forgotten earlier under this name are not in the new ring: a
 		// client resuming from before them must be told it missed them.
-		t = &topic{name: name, evicted: b.forgotten.get(name), chunks: []*chunk{{}}}
+		t = b.hist.newTopic(name, b.forgotten.get(name))
 		b.topics[name] = t
 	}
 	return t
@@ -312,6 +332,18 @@ func (b *Broker) markUnread(t *topic) {
 	}
 }
 
+// forgetEmptied forgets the topics that no client reads and whose history the limits emptied:
+// they have nothing left to replay.
+func (b *Broker) forgetEmptied() {
+	for i, t := range b.hist.emptied {
+		if len(t.groups) == 0 && t.len() == 0 && b.topics[t.name] == t {
+			b.forget(t)
+		}
+		b.hist.emptied[i] = nil
+	}
+	b.hist.emptied = b.hist.emptied[:0]
+}
+
 // forget drops t and its history, keeping a mark of its newest event.
 func (b *Broker) forget(t *topic) {
 	newest := t.evicted
@@ -327,6 +359,7 @@ func (b *Broker) forget(t *topic) {
 	if t.unread != nil {
 		b.unread.Remove(t.unread)
 	}
+	b.hist.clear(t)
 	delete(b.topics, t.name)
 }
 
@@ -624,10 +657,11 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 	if b.opts.historyAge > 0 {
 		cutoff := time.Now().Add(-b.opts.historyAge).UnixNano()
 		for _, t := range g.topics {
-			t.dropOlder(cutoff)
+			b.hist.dropOlder(t, cutoff)
 		}
+		b.hist.emptied = b.hist.emptied[:0] // the client reads them
 	}
-	seq, known := b.lookup(g.topics, lastID)
+	seq, known := b.lookup(lastID)
 	for i, t := range g.topics {
 		place(i, t.after(seq))
 		if t.evicted > seq {
@@ -651,9 +685,9 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 	return c, b.id(from), true, nil
 }
 
-// lookup returns the sequence number of the event with the given ID, or 0 and false if no
-// event of topics has it.
-func (b *Broker) lookup(topics []*topic, id string) (seq uint64, ok bool) {
+// lookup returns the sequence number of the event with the given ID, or 0 and false if the
+// broker assigned no such ID, or no event held has it.
+func (b *Broker) lookup(id string) (seq uint64, ok bool) {
 	if s, found := strings.CutPrefix(id, b.prefix); found {
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err == nil && n <= b.seq && strconv.FormatUint(n, 10) == s {
@@ -662,14 +696,7 @@ func (b *Broker) lookup(topics []*topic, id string) (seq uint64, ok bool) {
 		return 0, false
 	}
 	// An ID the application chose: the newest event that has it.
-	for _, t := range topics {
-		for p := t.head.Load(); p > t.tail.Load() && t.at(p-1).seq > seq; p-- {
-			if e := t.at(p - 1); e.id == id {
-				seq, ok = e.seq, true
-				break
-			}
-		}
-	}
+	seq, ok = b.hist.byID[id]
 	return seq, ok
 }
 

@@ -1,8 +1,11 @@
 package sse
 
 import (
+	"container/heap"
 	"container/list"
 	"sync/atomic"
+	"time"
+	"unsafe"
 )
 
 // The history: each topic's last events, kept in chunks that Publish fills once and never
@@ -24,11 +27,13 @@ type topic struct {
 	evicted uint64   // sequence number of the newest event dropped, 0 if none
 	groups  []*group
 	unread  *list.Element // its place in Broker.unread while no client reads it
+	aged    int           // 1 + its index in history.byAge while it holds events, else 0
 }
 
 // chunkSize is how many events a chunk holds: Publish allocates one chunk every chunkSize
-// events, and a topic holds up to chunkSize-1 events beyond its history.
-const chunkSize = 32
+// events. A chunk goes once the tail is past its end, so a topic keeps up to chunkSize-1
+// events in memory that it no longer holds (and a client stalled in a write, its chunk).
+const chunkSize = 8
 
 // A chunk holds chunkSize consecutive events of a topic. Publish writes each entry, and next,
 // before the topic's head moves past them, and never again: a client that has loaded the head
@@ -46,28 +51,30 @@ type entry struct {
 	frame []byte // the whole event on the wire; shared by every client, never modified
 }
 
-// append adds e to the topic, dropping the oldest event if the topic holds limit already.
-// b.mu must be held.
-func (t *topic) append(e entry, limit int) {
+// append adds e to the topic, and reports whether it took a new chunk. b.mu must be held.
+func (t *topic) append(e entry) (grew bool) {
 	h := t.head.Load()
 	last := t.chunks[len(t.chunks)-1]
 	if h == last.start+chunkSize {
 		c := &chunk{start: h}
 		last.next.Store(c)
 		t.chunks = append(t.chunks, c)
-		last = c
+		last, grew = c, true
 	}
 	last.entries[h-last.start] = e
-	if h+1-t.tail.Load() > uint64(limit) {
-		t.dropOldest()
-	}
 	t.head.Store(h + 1) // publishes the entry, and the chunk's next, to clients
+	return grew
 }
 
-// dropOldest drops the oldest event held. b.mu must be held.
-func (t *topic) dropOldest() {
+// len returns how many events the topic holds.
+func (t *topic) len() uint64 { return t.head.Load() - t.tail.Load() }
+
+// dropOldest drops the oldest event held, which it returns, and how many chunks it let go of.
+// b.mu must be held.
+func (t *topic) dropOldest() (e *entry, freed int) {
 	tail := t.tail.Load() + 1
-	t.evicted = t.at(tail - 1).seq
+	e = t.at(tail - 1)
+	t.evicted = e.seq
 	t.tail.Store(tail)
 	// Let go of the chunks wholly before the tail (clients still reading one keep it), but
 	// not of the last, which the next event may go into.
@@ -78,15 +85,9 @@ func (t *topic) dropOldest() {
 		t.chunks[0].next.Store(nil)
 		t.chunks[0] = nil
 		t.chunks = t.chunks[1:]
+		freed++
 	}
-}
-
-// dropOlder drops the events published before the Unix time cutoff (in nanoseconds).
-// b.mu must be held.
-func (t *topic) dropOlder(cutoff int64) {
-	for t.tail.Load() < t.head.Load() && t.at(t.tail.Load()).at < cutoff {
-		t.dropOldest()
-	}
+	return e, freed
 }
 
 // chunk returns the chunk that holds position p, or for p == head, the last chunk if p is its
@@ -210,4 +211,142 @@ func (r *reader) merge(frames [][]byte, published uint64) ([][]byte, bool) {
 		}
 	}
 	return frames, false
+}
+
+// history holds every topic's events within the Broker's limits: a number of events per
+// topic, an age, and one budget in bytes for all of them, and it finds events by the IDs the
+// application gave them. Broker.mu guards it.
+type history struct {
+	perTopic int           // the most events a topic holds
+	age      time.Duration // the oldest event a topic holds, if positive
+	budget   int64         // the most bytes all topics hold, if positive
+
+	bytes   int64             // held now: every chunk, and every event once however many topics hold it
+	byID    map[string]uint64 // the sequence number of the newest event held with each ID the application chose
+	copies  map[uint64]int    // how many topics hold each event that several hold
+	byAge   ageHeap           // the topics that hold events, oldest event first
+	emptied []*topic          // topics that add left with no events, for the Broker to forget if unread
+}
+
+// chunkBytes is what a chunk takes in memory, but for its events' frames and IDs.
+const chunkBytes = int64(unsafe.Sizeof(chunk{}))
+
+// eventBytes is what the event of e takes in memory beside its chunks' entries.
+func eventBytes(e *entry) int64 { return int64(cap(e.frame) + len(e.id)) }
+
+// newTopic returns a topic with no events, the newest of its name dropped being evicted.
+func (h *history) newTopic(name string, evicted uint64) *topic {
+	h.bytes += chunkBytes
+	return &topic{name: name, evicted: evicted, chunks: []*chunk{{}}}
+}
+
+// add appends e to topics, once to each, and counts it once; then it drops what goes beyond
+// the limits, but never e.
+func (h *history) add(e entry, topics []*topic) {
+	for _, t := range topics {
+		if t.append(e) {
+			h.bytes += chunkBytes
+		}
+		if t.aged == 0 {
+			heap.Push(&h.byAge, t)
+		}
+	}
+	h.bytes += eventBytes(&e)
+	if len(topics) > 1 {
+		h.copies[e.seq] = len(topics)
+	}
+	if e.id != "" {
+		h.byID[e.id] = e.seq
+	}
+	for _, t := range topics {
+		for t.len() > uint64(h.perTopic) {
+			h.drop(t)
+		}
+		if h.age > 0 {
+			h.dropOlder(t, e.at-int64(h.age))
+		}
+	}
+	for h.budget > 0 && h.bytes > h.budget {
+		t := h.byAge[0]
+		if t.at(t.tail.Load()).seq == e.seq {
+			break // only e is left: it goes in as the newest, whatever its size
+		}
+		h.drop(t)
+	}
+}
+
+// drop drops t's oldest event.
+func (h *history) drop(t *topic) {
+	e, freed := t.dropOldest()
+	h.bytes -= int64(freed) * chunkBytes
+	h.release(e)
+	if t.len() == 0 {
+		heap.Remove(&h.byAge, t.aged-1)
+		h.emptied = append(h.emptied, t)
+	} else {
+		heap.Fix(&h.byAge, t.aged-1)
+	}
+}
+
+// dropOlder drops t's events published before the Unix time cutoff (in nanoseconds).
+func (h *history) dropOlder(t *topic, cutoff int64) {
+	for t.len() > 0 && t.at(t.tail.Load()).at < cutoff {
+		h.drop(t)
+	}
+}
+
+// release counts that a topic no longer holds e: once no topic does, its bytes are free.
+func (h *history) release(e *entry) {
+	if n, ok := h.copies[e.seq]; ok {
+		if n > 1 {
+			h.copies[e.seq] = n - 1
+			return
+		}
+		delete(h.copies, e.seq)
+	}
+	h.bytes -= eventBytes(e)
+	if e.id != "" && h.byID[e.id] == e.seq {
+		delete(h.byID, e.id)
+	}
+}
+
+// clear releases everything t holds, as the Broker forgets it.
+func (h *history) clear(t *topic) {
+	for p := t.tail.Load(); p < t.head.Load(); p++ {
+		h.release(t.at(p))
+	}
+	h.bytes -= int64(len(t.chunks)) * chunkBytes
+	if t.aged != 0 {
+		heap.Remove(&h.byAge, t.aged-1)
+	}
+}
+
+// An ageHeap orders topics by the sequence number of the oldest event each holds: the first
+// is the one that holds the oldest event of all. It implements heap.Interface.
+type ageHeap []*topic
+
+func (a ageHeap) Len() int { return len(a) }
+
+func (a ageHeap) Less(i, j int) bool {
+	return a[i].at(a[i].tail.Load()).seq < a[j].at(a[j].tail.Load()).seq
+}
+
+func (a ageHeap) Swap(i, j int) {
+	a[i], a[j] = a[j], a[i]
+	a[i].aged, a[j].aged = i+1, j+1
+}
+
+func (a *ageHeap) Push(x any) {
+	t := x.(*topic)
+	*a = append(*a, t)
+	t.aged = len(*a)
+}
+
+func (a *ageHeap) Pop() any {
+	old := *a
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	*a = old[:len(old)-1]
+	t.aged = 0
+	return t
 }

@@ -41,12 +41,19 @@
 //
 // # Replay
 //
-// Each topic keeps its last 1024 events ([WithHistory], and optionally [WithHistoryAge]).
+// Each topic keeps its last 1024 events ([WithHistory], and optionally [WithHistoryAge]), and
+// all topics together keep what fits in 64 MiB ([WithHistoryMemory]): beyond that, the oldest
+// events of all topics go first.
 // The Broker gives every event an ID, unless the publisher set one: a prefix chosen at random
 // when the Broker is made, and a sequence number that increases with every Publish across all
 // topics. When a client reconnects with a Last-Event-ID header (EventSource sends it by
 // itself) or a lastEventId query parameter, it first receives exactly the events of its topics
 // published after that one, then the live ones, with no gap and no duplicate between the two.
+//
+// An ID the application gave its events should be unique across topics: a client resuming
+// from it receives, of its own topics' events, those published after the newest event held
+// that has it, whichever topic that event was published to. Finding an ID costs the same
+// whatever the size of the history.
 //
 // If the Broker cannot resume from the ID, because no event it holds has it (it came from an
 // earlier run of the process, say) or because events after it have already left the history,
@@ -65,8 +72,18 @@
 // not yet sent, in batches when it is behind. A client that falls further behind than the
 // history holds, or whose write does not finish within the write timeout ([WithWriteTimeout],
 // 10s), is disconnected; its EventSource reconnects and replays what it missed, or receives
-// [MissedType]. Memory is bounded by the history, whatever the clients do. The same per-write
+// [MissedType]. The same per-write
 // deadline keeps a server's WriteTimeout from cutting streams.
+//
+// # Memory
+//
+// Memory is bounded whatever the clients do. The history takes at most its budget
+// ([WithHistoryMemory]): every event once, as it goes on the wire, however many topics hold
+// it, and the chunks of eight events that hold them. Beside it, each topic takes about 1 KiB,
+// and up to seven events that it dropped but that share a chunk with events it holds; each
+// client takes under 1 KiB beside its connection (net/http's buffers, a few KiB), and a
+// client stalled in a write holds on to the chunk it is writing from until the write times
+// out. A topic that no client reads and whose events have all gone is forgotten.
 //
 // # Heartbeats and close detection
 //
