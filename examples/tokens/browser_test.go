@@ -53,3 +53,22 @@ func TestTokensBrowser(t *testing.T) {
 		t.Errorf("the page showed %d partial replies and then %q, want several and then the whole reply", partial, last)
 	}
 }
+
+// TestTokensBrowserRefused asks a question the server refuses: within the page's limit of 1000
+// characters, but over the server's of 1000 bytes.
+func TestTokensBrowserRefused(t *testing.T) {
+	ts := start(t, newServer(&replier{}))
+	br := browser.Start(t)
+	p := br.Open("tokens", ts.URL+"/")
+	// EventSource fails on the 400, and Chromium logs it: what the test is after.
+	p.Allow(func(problem string) bool { return strings.Contains(problem, ts.URL+"/reply?q=") })
+	p.Fill("#q", strings.Repeat("é", 600))
+	p.Press("#q", "Enter")
+	p.Wait("the page to give up", `document.getElementById("state").textContent !== "typing…"`, nil)
+	if got, want := p.Text("#state"), "the server refused the question"; got != want {
+		t.Errorf("the page says %q, want %q", got, want)
+	}
+	if got := p.Text("#reply"); got != "" {
+		t.Errorf("the reply shows %q, want nothing", got)
+	}
+}
