@@ -110,12 +110,12 @@ type server struct {
 	b *sse.Broker
 }
 
-// start serves the chat on a test server, and checks at the end of the test that every
-// goroutine it started has ended.
-func start(t *testing.T) server {
+// start serves the chat on a test server, with a Broker made with opts, and checks at the end
+// of the test that every goroutine it started has ended.
+func start(t *testing.T, opts ...sse.Option) server {
 	t.Helper()
 	ssetest.CheckGoroutines(t)
-	b := sse.NewBroker()
+	b := sse.NewBroker(opts...)
 	ts := httptest.NewServer(newServer(b))
 	t.Cleanup(ts.Close)
 	// Cleanups run last first: the Broker ends its streams before ts.Close waits for them.
