@@ -4,7 +4,9 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"hash/maphash"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -17,8 +19,18 @@ import (
 	"unicode/utf8"
 )
 
-// ErrClosed is returned by Publish after Shutdown has been called.
+// ErrClosed is returned by Publish after Shutdown has been called, and by ServeEvents for a
+// stream that Shutdown ended or that came after it.
 var ErrClosed = errors.New("sse: broker shut down")
+
+// ErrTooManyClients is returned by ServeEvents for a client turned away over the limit that
+// WithMaxClients sets.
+var ErrTooManyClients = errors.New("sse: too many clients")
+
+// ErrSlowClient is returned by ServeEvents for a client that was disconnected because it fell
+// further behind than the history holds, or because a write to it did not finish within the
+// write timeout; the error then also wraps os.ErrDeadlineExceeded.
+var ErrSlowClient = errors.New("sse: client too slow")
 
 // MissedType is the Type of the event a Broker sends first to a client that reconnects with a
 // Last-Event-ID it cannot resume from: one it never assigned (from an earlier run of the
@@ -34,6 +46,7 @@ type options struct {
 	history      int
 	historyAge   time.Duration
 	memory       int64
+	logger       *slog.Logger
 	heartbeat    time.Duration
 	retry        time.Duration
 	writeTimeout time.Duration
@@ -104,6 +117,16 @@ func WithWriteTimeout(d time.Duration) Option {
 			o.writeTimeout = d
 		}
 	}
+}
+
+// WithLogger has the broker log the end of every stream to l: why it ended, its topics, how
+// long it lasted and how many events it was sent, with the request's context. A client that
+// left, or a stream that Shutdown ended, is logged at level Debug; a client disconnected for
+// being too slow, or turned away over the client limit, at Warn. By default, and when l is nil,
+// nothing is logged; nothing is built for a level l does not log. ServeEvents returns the same
+// reason, for handlers that log with their own request's details.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
 }
 
 // WithMaxClients limits how many streams may be open at once; by default (n not positive)
@@ -409,7 +432,9 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 }
 
 // ServeEvents streams the events published to topics (the default topic if none is given) to
-// the client of r, until the client goes away, falls too far behind, or the broker shuts down.
+// the client of r, until the client goes away, falls too far behind, or the broker shuts down,
+// and returns why: nil if the client went away, ErrSlowClient if it was disconnected for being
+// too slow, ErrClosed if the broker shut down, ErrTooManyClients if it turned the client away.
 // Call it from a handler that chooses the topics per request; refuse a request before calling
 // it with an ordinary error response.
 //
@@ -417,7 +442,7 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // open, it receives every event published afterwards. A client that sends a Last-Event-ID
 // header (or, for clients that cannot set headers, a lastEventId query parameter) first
 // receives the events it missed; see the package documentation on replay. A request that is
-// not a GET gets 405.
+// not a GET gets 405, and an error.
 //
 // To send a client events of its own ahead of the broker's (a greeting, say), start the
 // response with NewStream, Send them, then call ServeEvents; refuse requests other than GET
@@ -425,11 +450,11 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // is subscribed: what is published before ServeEvents is called does not reach it. Once the broker is shut down
 // or over its client limit, ServeEvents answers 200 with only a retry hint and ends the
 // response, so that an EventSource comes back later: any other status would stop it for good.
-func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) {
+func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
-		return
+		return errMethod
 	}
 	setHeaders(w.Header())
 	s := newFlushWriter(w, r, b.opts.writeTimeout)
@@ -437,52 +462,64 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 	// body) must not wait forever on a client that stopped reading.
 	defer func() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }()
 
+	began := time.Now()
 	c, start, missed, err := b.join(topics, lastEventID(r))
 	if err != nil {
 		b.stats.refused.Add(1)
 		s.write(appendRetry(nil, b.retryLater()))
-		return
+		b.logEnd(r, topics, began, 0, err)
+		return err
 	}
 	defer b.leave(c)
-	if s.write(preamble(b.opts.retry, start, missed)) != nil {
-		return
-	}
+	err = b.stream(r.Context(), s, c, start, missed)
+	b.logEnd(r, topics, began, c.sent, err)
+	return err
+}
 
-	ctx := r.Context()
+var errMethod = errors.New("sse: method not allowed")
+
+// stream writes the client's events until its stream ends, and returns why, as ServeEvents.
+func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start string, missed bool) error {
+	if err := s.write(preamble(b.opts.retry, start, missed)); err != nil {
+		return writeError(err)
+	}
 	closing := false
 	for {
 		frames, wake, lost := c.next(b)
 		if lost {
 			b.stats.slow.Add(1)
-			return
+			return ErrSlowClient
 		}
 		if len(frames) > 0 {
 			err := s.write(frames...)
 			clear(frames) // let the history drop them
 			if err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
+				if err = writeError(err); err != nil {
 					b.stats.slow.Add(1)
 				}
-				return
+				return err
 			}
 			b.stats.delivered.Add(int64(len(frames)))
+			c.sent += len(frames)
 			c.idle = false
 			continue
 		}
 		if closing {
 			s.write(appendRetry(nil, b.retryLater()))
-			return
+			return ErrClosed
 		}
 		// Publish, heartbeat ticks and Shutdown all wake the group.
 		select {
 		case <-wake:
 		case <-ctx.Done():
-			return
+			return nil
 		}
 		if n := b.beats.Load(); n != c.beats {
 			c.beats = n
-			if c.idle && s.write(heartbeat) != nil {
-				return
+			if c.idle {
+				if err := s.write(heartbeat); err != nil {
+					return writeError(err)
+				}
 			}
 			c.idle = true
 		}
@@ -490,6 +527,47 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 		// this ends.
 		closing = b.isClosed()
 	}
+}
+
+// writeError returns why a failed write ends a stream: the client was too slow if the write
+// timed out, and otherwise it went away (nil).
+func writeError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: write timed out: %w", ErrSlowClient, err)
+	}
+	return nil
+}
+
+// logEnd logs why the stream of r ended, if the broker has a logger for that level.
+func (b *Broker) logEnd(r *http.Request, topics []string, began time.Time, sent int, err error) {
+	l := b.opts.logger
+	if l == nil {
+		return
+	}
+	level, reason := slog.LevelDebug, "client gone"
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		level, reason = slog.LevelWarn, "write timed out"
+	case errors.Is(err, ErrSlowClient):
+		level, reason = slog.LevelWarn, "fell behind the history"
+	case errors.Is(err, ErrTooManyClients):
+		level, reason = slog.LevelWarn, "refused: too many clients"
+	case errors.Is(err, ErrClosed):
+		reason = "shutdown"
+	}
+	ctx := r.Context()
+	if !l.Enabled(ctx, level) {
+		return
+	}
+	if len(topics) == 0 {
+		topics = defaultTopics
+	}
+	l.LogAttrs(ctx, level, "sse: stream ended",
+		slog.String("reason", reason),
+		slog.Any("topics", topics),
+		slog.Duration("duration", time.Since(began)),
+		slog.Int("events", sent),
+		slog.String("remote", r.RemoteAddr))
 }
 
 var heartbeat = []byte(":\n")
@@ -558,6 +636,7 @@ type client struct {
 	reader // a cursor for each of g.topics
 	g      *group
 	idle   bool   // nothing was sent since the last heartbeat tick
+	sent   int    // events written
 	beats  uint64 // Broker.beats when the client last looked
 }
 
@@ -597,8 +676,6 @@ func (b *Broker) isClosed() bool {
 	}
 }
 
-var errFull = errors.New("sse: too many clients")
-
 // join subscribes a new client to topics, placing it after the event lastID names, or at the
 // end of the history if lastID is empty. missed reports that lastID was unknown or that events
 // after it were dropped, in which case the client starts at the oldest event held. start is
@@ -617,7 +694,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 		return nil, "", false, ErrClosed
 	}
 	if b.opts.maxClients > 0 && b.stats.clients.Load() >= int64(b.opts.maxClients) {
-		return nil, "", false, errFull
+		return nil, "", false, ErrTooManyClients
 	}
 	g := b.groups[key]
 	if g == nil {

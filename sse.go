@@ -92,6 +92,16 @@
 // without closing its connection. A client that closes its connection is noticed at once
 // through the request's context, and any failed write or flush ends its stream.
 //
+// # Why streams end
+//
+// [Broker.ServeEvents] returns why a stream ended: nil when the client went away,
+// [ErrSlowClient] when it was disconnected for falling behind or stalling a write, [ErrClosed]
+// at shutdown, [ErrTooManyClients] when it was turned away. With [WithLogger], the broker
+// also logs each end with its reason, topics, duration and number of events: a client leaving
+// or a shutdown at level Debug, a slow or refused client at Warn.
+//
+//	b := sse.NewBroker(sse.WithLogger(slog.Default()))
+//
 // # Shutdown
 //
 // [Broker.Shutdown] ends every stream with a retry hint spread over a few seconds, so that
