@@ -32,6 +32,10 @@ var ErrTooManyClients = errors.New("sse: too many clients")
 // write timeout; the error then also wraps os.ErrDeadlineExceeded.
 var ErrSlowClient = errors.New("sse: client too slow")
 
+// ErrEventsLost is returned by ServeEvents for a client disconnected because events were lost
+// before they reached the Broker, which follows a log ordered elsewhere; see [Broker.Append].
+var ErrEventsLost = errors.New("sse: events lost before they reached the broker")
+
 // MissedType is the Type of the event a Broker sends first to a client that reconnects with a
 // Last-Event-ID it cannot resume from: one it never assigned (from an earlier run of the
 // process, say), or one whose successors have left the history. Events may have been lost;
@@ -139,19 +143,28 @@ func WithMaxClients(n int) Option {
 // bounded history per topic for clients that reconnect, and never lets a slow client hold
 // anyone else up. Broker is safe for concurrent use.
 type Broker struct {
-	opts   options
-	prefix string        // starts every ID this broker assigns; unique to this broker
-	done   chan struct{} // closed by Shutdown
+	opts options
+	done chan struct{} // closed by Shutdown
 
 	// Clients read these without a lock.
 	published atomic.Uint64 // the sequence number of the last event appended to all its topics
 	beats     atomic.Uint64 // how many heartbeat ticks there have been
+	breaks    atomic.Uint64 // how many times the log the Broker follows broke; see Append
 
 	// mu guards the fields below it, and what topics and groups say it guards. Publish,
 	// subscribing and unsubscribing hold it; clients reading the history do not.
-	mu        sync.Mutex
-	seq       uint64 // the sequence number of the last event published
-	hist      history
+	mu     sync.Mutex
+	seq    uint64 // the sequence number of the last event published
+	hist   history
+	prefix string // starts every ID this broker assigns; unique to this broker, or to the log it follows
+
+	// A Broker that follows a log ordered elsewhere (Append) numbers the log's event n base+n,
+	// and resumes from IDs of the log's current epoch from floor-base up to seq-base.
+	following bool
+	base      uint64
+	floor     uint64
+	caughtUp  chan struct{} // made for resumes waiting for Append, closed by the next Append
+
 	ids       strings.Builder // holds the IDs the broker assigns; see id
 	topics    map[string]*topic
 	unread    list.List // of *topic: those no client reads, most recently published first
@@ -265,15 +278,13 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		frame = ev.appendTo(make([]byte, 0, ev.size()))
 		id = ev.ID
 	} else {
-		frame = ev.appendFields(make([]byte, 0, ev.fieldsSize()+len(idPrefix)+len(b.prefix)+20+2))
+		frame = ev.appendFields(make([]byte, 0, ev.fieldsSize()+len(idPrefix)+maxLocalPrefix+20+2))
 	}
 	var at int64
 	if b.opts.historyAge > 0 {
 		at = time.Now().UnixNano()
 	}
 
-	var topicBuf [4]*topic
-	added := topicBuf[:0]
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -286,13 +297,21 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		frame = append(frame, id...)
 		frame = append(frame, "\n\n"...)
 	}
+	b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics)
+	return id, nil
+}
+
+// add puts e in the history of topics, once in each, and wakes their clients. b.mu must be held.
+func (b *Broker) add(e entry, topics []string) {
+	var topicBuf [4]*topic
+	added := topicBuf[:0]
 	for i, name := range topics {
 		if slices.Contains(topics[:i], name) {
 			continue // once per topic, however often it is named
 		}
 		added = append(added, b.topic(name))
 	}
-	b.hist.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, added)
+	b.hist.add(e, added)
 	for _, t := range added {
 		if len(t.groups) == 0 {
 			b.markUnread(t)
@@ -302,15 +321,89 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	// Only now is the event in every topic, so only now may a client of several read it:
 	// wake clients after this. (A group in several of the topics is woken more than once,
 	// which costs little: only the first finds clients waiting.)
-	b.published.Store(b.seq)
+	b.published.Store(e.seq)
 	for _, t := range added {
 		for _, g := range t.groups {
 			g.wakeUp()
 		}
 	}
 	b.stats.published.Add(1)
-	return id, nil
 }
+
+// Append adds an event that was put in order elsewhere: number seq of the shared log called
+// epoch. It is the seam for a module that shares one stream among several processes, each
+// with its own Broker, so that each serves its clients from its own history as if it had
+// published every event itself; an application publishes with Publish. A Broker takes its
+// events either from Publish or from Append, not both.
+//
+// If ev.ID is empty, the event's ID is epoch+"-"+seq (seq in decimal), the same on every
+// Broker that follows the log. Call Append with every event of the log, in order, from one
+// goroutine. When seq does not follow the last one appended in the same epoch (events were
+// lost to this Broker), when the epoch changes (the log was lost and begun anew), and on the
+// first Append, the Broker drops its history and disconnects every client (ServeEvents
+// returns ErrEventsLost), so that they resume; resuming from an ID from before the break
+// gets MissedType, and so no client misses events silently. A client that resumes from an ID
+// of the current epoch that Append has not reached yet (it was served by a Broker further
+// ahead) waits for it, up to a few seconds, and gets MissedType if it does not come. An event
+// that cannot be represented is refused as by Publish.
+func (b *Broker) Append(epoch string, seq uint64, ev Event, topics ...string) error {
+	if err := ev.validate(); err != nil {
+		return err
+	}
+	if len(topics) == 0 {
+		topics = defaultTopics
+	}
+	wire := ev
+	if wire.ID == "" {
+		wire.ID = epoch + "-" + strconv.FormatUint(seq, 10)
+		if err := validateID(wire.ID); err != nil {
+			return fmt.Errorf("sse: epoch %q makes an invalid ID: %w", epoch, err)
+		}
+	}
+	frame := wire.appendTo(make([]byte, 0, wire.size()))
+	var at int64
+	if b.opts.historyAge > 0 {
+		at = time.Now().UnixNano()
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if !b.following || b.prefix != epoch+"-" || seq != b.seq-b.base+1 {
+		b.restart(epoch, seq)
+	}
+	b.seq++
+	b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics)
+	if b.caughtUp != nil {
+		close(b.caughtUp)
+		b.caughtUp = nil
+	}
+	return nil
+}
+
+// restart makes the broker follow epoch from seq on: it drops what it holds, which came
+// before a break in the log, and disconnects every client. b.mu must be held.
+func (b *Broker) restart(epoch string, seq uint64) {
+	b.following = true
+	b.prefix = epoch + "-"
+	b.base = b.seq + 1 - seq // the event seq is the next: b.seq+1
+	b.floor = b.seq          // resuming from seq-1 misses nothing
+	for _, t := range b.topics {
+		for t.len() > 0 {
+			b.hist.drop(t)
+		}
+	}
+	b.forgetEmptied()
+	b.breaks.Add(1)
+	for _, g := range b.groups {
+		g.wakeUp()
+	}
+}
+
+// maxLocalPrefix is the longest prefix newIDPrefix returns.
+const maxLocalPrefix = 9
 
 var defaultTopics = []string{""}
 
@@ -326,7 +419,7 @@ func (b *Broker) id(seq uint64) string {
 	start := b.ids.Len()
 	b.ids.WriteString(b.prefix)
 	var digits [20]byte
-	b.ids.Write(strconv.AppendUint(digits[:0], seq, 10))
+	b.ids.Write(strconv.AppendUint(digits[:0], seq-b.base, 10))
 	return b.ids.String()[start:]
 }
 
@@ -463,7 +556,11 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 	defer func() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }()
 
 	began := time.Now()
-	c, start, missed, err := b.join(topics, lastEventID(r))
+	c, start, missed, err := b.joinWaiting(r.Context(), topics, lastEventID(r))
+	if err == context.Canceled || err == context.DeadlineExceeded {
+		b.logEnd(r, topics, began, 0, nil)
+		return nil // gone while it waited
+	}
 	if err != nil {
 		b.stats.refused.Add(1)
 		s.write(appendRetry(nil, b.retryLater()))
@@ -478,6 +575,42 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 
 var errMethod = errors.New("sse: method not allowed")
 
+// An aheadError is what join returns for a client that resumes from an ID of the log the
+// broker follows that Append has not reached: caughtUp is closed at the next Append.
+type aheadError struct{ caughtUp <-chan struct{} }
+
+func (*aheadError) Error() string { return "sse: resuming from an event not yet appended" }
+
+// aheadWait is how long a client resuming from an ID that Append has not reached waits for it;
+// tests shorten it.
+var aheadWait = 5 * time.Second
+
+// joinWaiting is join, but a client that resumes from an ID that Append has not reached yet
+// waits for it, up to aheadWait, or until ctx is done (and then it returns ctx's error).
+func (b *Broker) joinWaiting(ctx context.Context, names []string, lastID string) (c *client, start string, missed bool, err error) {
+	var deadline <-chan time.Time
+	for {
+		c, start, missed, err = b.join(names, lastID, true)
+		ahead, ok := err.(*aheadError)
+		if !ok {
+			return c, start, missed, err
+		}
+		if deadline == nil {
+			timer := time.NewTimer(aheadWait)
+			defer timer.Stop()
+			deadline = timer.C
+		}
+		select {
+		case <-ahead.caughtUp:
+		case <-deadline:
+			return b.join(names, lastID, false) // it did not come: resume as from an unknown ID
+		case <-b.done:
+		case <-ctx.Done():
+			return nil, "", false, ctx.Err()
+		}
+	}
+}
+
 // stream writes the client's events until its stream ends, and returns why, as ServeEvents.
 func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start string, missed bool) error {
 	if err := s.write(preamble(b.opts.retry, start, missed)); err != nil {
@@ -485,6 +618,9 @@ func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start st
 	}
 	closing := false
 	for {
+		if b.breaks.Load() != c.breaks {
+			return ErrEventsLost
+		}
 		frames, wake, lost := c.next(b)
 		if lost {
 			b.stats.slow.Add(1)
@@ -550,6 +686,8 @@ func (b *Broker) logEnd(r *http.Request, topics []string, began time.Time, sent 
 		level, reason = slog.LevelWarn, "write timed out"
 	case errors.Is(err, ErrSlowClient):
 		level, reason = slog.LevelWarn, "fell behind the history"
+	case errors.Is(err, ErrEventsLost):
+		level, reason = slog.LevelWarn, "events lost upstream"
 	case errors.Is(err, ErrTooManyClients):
 		level, reason = slog.LevelWarn, "refused: too many clients"
 	case errors.Is(err, ErrClosed):
@@ -637,6 +775,7 @@ type client struct {
 	g      *group
 	idle   bool   // nothing was sent since the last heartbeat tick
 	sent   int    // events written
+	breaks uint64 // Broker.breaks when the client joined
 	beats  uint64 // Broker.beats when the client last looked
 }
 
@@ -680,7 +819,10 @@ func (b *Broker) isClosed() bool {
 // end of the history if lastID is empty. missed reports that lastID was unknown or that events
 // after it were dropped, in which case the client starts at the oldest event held. start is
 // the ID to give the client as its last event ID, if not the one it has: where it starts.
-func (b *Broker) join(names []string, lastID string) (c *client, start string, missed bool, err error) {
+//
+// If lastID is one of the log the broker follows that Append has not reached yet, and wait is
+// true, join subscribes nothing and returns an *aheadError.
+func (b *Broker) join(names []string, lastID string, wait bool) (c *client, start string, missed bool, err error) {
 	if len(names) == 0 {
 		names = defaultTopics
 	} else {
@@ -695,6 +837,14 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 	}
 	if b.opts.maxClients > 0 && b.stats.clients.Load() >= int64(b.opts.maxClients) {
 		return nil, "", false, ErrTooManyClients
+	}
+	if wait && lastID != "" {
+		if _, _, ahead := b.lookup(lastID); ahead {
+			if b.caughtUp == nil {
+				b.caughtUp = make(chan struct{})
+			}
+			return nil, "", false, &aheadError{b.caughtUp}
+		}
 	}
 	g := b.groups[key]
 	if g == nil {
@@ -720,7 +870,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 		}
 	}
 
-	c = &client{reader: reader{cursors: make([]cursor, len(g.topics))}, g: g, beats: b.beats.Load()}
+	c = &client{reader: reader{cursors: make([]cursor, len(g.topics))}, g: g, beats: b.beats.Load(), breaks: b.breaks.Load()}
 	place := func(i int, pos uint64) {
 		t := g.topics[i]
 		c.cursors[i] = cursor{t: t, c: t.chunk(pos), pos: pos}
@@ -738,7 +888,7 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 		}
 		b.hist.emptied = b.hist.emptied[:0] // the client reads them
 	}
-	seq, known := b.lookup(lastID)
+	seq, known, _ := b.lookup(lastID)
 	for i, t := range g.topics {
 		place(i, t.after(seq))
 		if t.evicted > seq {
@@ -763,18 +913,27 @@ func (b *Broker) join(names []string, lastID string) (c *client, start string, m
 }
 
 // lookup returns the sequence number of the event with the given ID, or 0 and false if the
-// broker assigned no such ID, or no event held has it.
-func (b *Broker) lookup(id string) (seq uint64, ok bool) {
+// broker cannot resume from it: it assigned no such ID, or no event held has it. ahead
+// reports an ID of the log the broker follows that Append has not reached yet.
+func (b *Broker) lookup(id string) (seq uint64, ok, ahead bool) {
 	if s, found := strings.CutPrefix(id, b.prefix); found {
 		n, err := strconv.ParseUint(s, 10, 64)
-		if err == nil && n <= b.seq && strconv.FormatUint(n, 10) == s {
-			return n, true
+		if err != nil || strconv.FormatUint(n, 10) != s {
+			return 0, false, false
 		}
-		return 0, false
+		// In the log's numbers: what the broker can resume from (see Broker.floor).
+		first, last := b.floor-b.base, b.seq-b.base
+		if n > last {
+			return 0, false, b.following
+		}
+		if n < first {
+			return 0, false, false
+		}
+		return n + b.base, true, false
 	}
 	// An ID the application chose: the newest event that has it.
 	seq, ok = b.hist.byID[id]
-	return seq, ok
+	return seq, ok, false
 }
 
 // groupKey returns a key that tells every set of topic names apart, whatever bytes the names

@@ -128,7 +128,7 @@ func historyHeap(tb testing.TB, budget int64, topics, readers, events int) uint6
 	for i := range names {
 		names[i] = "topic" + strconv.Itoa(i)
 		for range readers {
-			c, _, _, err := b.join([]string{names[i]}, "")
+			c, _, _, err := b.join([]string{names[i]}, "", false)
 			if err != nil {
 				tb.Fatal(err)
 			}
@@ -225,7 +225,7 @@ func TestHistoryModel(t *testing.T) {
 		for step := range 2000 {
 			switch r := rng.IntN(100); {
 			case r < 5:
-				c, _, _, err := b.join(randomTopics(rng), "")
+				c, _, _, err := b.join(randomTopics(rng), "", false)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -335,7 +335,7 @@ func BenchmarkResumeUnknownID(b *testing.B) {
 				br.Publish(Event{ID: "app-" + strconv.Itoa(i), Data: "x"})
 			}
 			for b.Loop() {
-				c, _, missed, err := br.join(nil, "garbage")
+				c, _, missed, err := br.join(nil, "garbage", false)
 				if err != nil || !missed {
 					b.Fatalf("join: missed %v, %v", missed, err)
 				}
