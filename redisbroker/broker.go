@@ -1,0 +1,295 @@
+// Package redisbroker shares one stream of Server-Sent Events among several processes through
+// a Redis stream, so that a publish on any process reaches the clients of every process, and a
+// client resumes with its Last-Event-ID on whichever process it reconnects to.
+//
+// Each process makes a [Broker] on the same Redis and namespace, and uses it as it would an
+// sse.Broker; only the way it is made differs:
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+//	b, err := redisbroker.New(ctx, rdb, "chat")
+//	if err != nil { ... }
+//	mux.Handle("/events", b.Handler())
+//	id, err := b.Publish(sse.Event{Data: "hello"}) // an error if Redis cannot be reached
+//
+// # The log
+//
+// A namespace is two Redis keys with one hash tag, so that both live on one Redis Cluster
+// slot: {namespace}:log, a stream that holds the events of every topic in the order Redis
+// accepted them, and {namespace}:meta, a hash that holds the log's epoch (a random name
+// chosen when the log is begun) and the number of the last event. Publish runs one Lua script
+// that numbers the event and adds it to the log, trimming the log to about [WithMaxLen]
+// entries. Every event's ID is the epoch and its number, as in "k3j9x2a-42", unless the
+// publisher set one: the same ID on every process.
+//
+// # What each process keeps
+//
+// Each Broker reads the log into an sse.Broker of its own, from which it serves its clients:
+// replay, heartbeats and slow clients work as in one process, with the history options given
+// by [WithBrokerOptions]. New reads what the log retains before it returns, so that a process
+// that starts resumes the IDs Redis still holds without sending MissedType. A client that
+// resumes from an ID another process has served before this one has read it waits for it, a
+// few seconds at most.
+//
+// # When Redis loses data or cannot be reached
+//
+// If Redis loses the log (it restarted without persistence, or was flushed), the next Publish
+// begins a new epoch; each Broker notices it within about a second, disconnects its clients
+// and serves the new log, and clients that resume from an ID of the old epoch receive
+// MissedType: never a silent gap. While Redis cannot be reached, Publish returns an error
+// within the publish timeout ([WithPublishTimeout]), open streams stay open with their
+// heartbeats, and each Broker retries; once Redis is back, delivery goes on.
+//
+// # Concurrency
+//
+// Broker is safe for concurrent use. Each Broker runs one goroutine of its own, which reads
+// the log, until Shutdown.
+package redisbroker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"sse"
+)
+
+// Option configures a Broker.
+type Option func(*config)
+
+type config struct {
+	maxLen         int64
+	publishTimeout time.Duration
+	block          time.Duration
+	logger         *slog.Logger
+	brokerOpts     []sse.Option
+}
+
+// WithMaxLen sets about how many events the log keeps in Redis, 10000 if n is not positive.
+// Redis trims the log in whole blocks of entries (MAXLEN ~), so it may keep a few hundred
+// more. A process that starts can resume clients only from events the log still holds, and
+// each process keeps in memory at most what its sse.Broker's history allows
+// ([WithBrokerOptions]).
+func WithMaxLen(n int64) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.maxLen = n
+		}
+	}
+}
+
+// WithPublishTimeout sets how long Publish waits for Redis, 2s by default (when d is not
+// positive). Past it, Publish returns an error; the event may then still have been published.
+func WithPublishTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.publishTimeout = d
+		}
+	}
+}
+
+// WithBrokerOptions passes opts to the sse.Broker each process serves its clients from:
+// history, heartbeats, retry, write timeout, client limit, logger.
+func WithBrokerOptions(opts ...sse.Option) Option {
+	return func(c *config) { c.brokerOpts = append(c.brokerOpts, opts...) }
+}
+
+// WithLogger logs what the Broker's reader meets: Redis errors (at Warn, once per outage),
+// Redis coming back, and the log beginning anew (at Info). Streams are logged by the
+// sse.Broker, with sse.WithLogger in WithBrokerOptions.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// withBlock sets how long one read of the log waits for events, and so how often the reader
+// looks at the epoch when the log is idle. Tests shorten it.
+func withBlock(d time.Duration) Option {
+	return func(c *config) { c.block = d }
+}
+
+// Broker is one process's part of a stream shared through Redis: it publishes to the log, and
+// serves its clients what it reads from it. Broker is safe for concurrent use.
+type Broker struct {
+	core    *sse.Broker
+	client  redis.UniversalClient
+	keys    []string // meta, log
+	cfg     config
+	r       *reader
+	stop    context.CancelFunc // stops the reader
+	stopped chan struct{}      // closed when the reader has returned
+
+	mu     sync.Mutex
+	closed bool // guarded by mu
+}
+
+// maxNamespaceLen bounds a namespace, which every event's entry in Redis does not repeat but
+// every key does.
+const maxNamespaceLen = 256
+
+// New returns the Broker of namespace on client, once it has read what the log of namespace
+// retains: it does not serve a client from a history it has not caught up on. If Redis cannot
+// be reached, or ctx is done first, it returns an error and leaves nothing running. A
+// namespace is 1 to 256 bytes without '{' or '}'; processes that share a stream use the same
+// one.
+func New(ctx context.Context, client redis.UniversalClient, namespace string, opts ...Option) (*Broker, error) {
+	if namespace == "" || len(namespace) > maxNamespaceLen || strings.ContainsAny(namespace, "{}") {
+		return nil, fmt.Errorf("redisbroker: invalid namespace %q: want 1 to %d bytes without braces", namespace, maxNamespaceLen)
+	}
+	cfg := config{maxLen: 10000, publishTimeout: 2 * time.Second, block: time.Second}
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	b := &Broker{
+		core:    sse.NewBroker(cfg.brokerOpts...),
+		client:  client,
+		keys:    keys(namespace),
+		cfg:     cfg,
+		stopped: make(chan struct{}),
+	}
+	b.r = &reader{
+		client: client,
+		core:   b.core,
+		meta:   b.keys[0],
+		log:    b.keys[1],
+		block:  cfg.block,
+		logger: cfg.logger,
+		lastID: "0-0",
+	}
+	if err := b.r.catchUp(ctx); err != nil {
+		b.r.closeConn()
+		b.core.Shutdown(context.Background())
+		return nil, fmt.Errorf("redisbroker: reading the log: %w", err)
+	}
+	rctx, stop := context.WithCancel(context.Background())
+	b.stop = stop
+	go func() {
+		defer close(b.stopped)
+		b.r.run(rctx)
+	}()
+	return b, nil
+}
+
+// keys returns the Redis keys of namespace: its meta hash and its log. The hash tag puts them
+// on one Redis Cluster slot, so that one script may use both.
+func keys(namespace string) []string {
+	tag := "{" + namespace + "}"
+	return []string{tag + ":meta", tag + ":log"}
+}
+
+// Handler returns an http.Handler that streams the events of topics to each client, as
+// sse.Broker's Handler does.
+func (b *Broker) Handler(topics ...string) http.Handler { return b.core.Handler(topics...) }
+
+// ServeEvents streams the events of topics to the client of r, as sse.Broker's ServeEvents
+// does, and returns why the stream ended; sse.ErrEventsLost means that Redis lost events, or
+// this process could not read them, and the client was disconnected so that it resumes.
+func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error {
+	return b.core.ServeEvents(w, r, topics...)
+}
+
+// Stats returns the counters of this process's sse.Broker: its clients, and the events it
+// read from the log as Published.
+func (b *Broker) Stats() sse.Stats { return b.core.Stats() }
+
+// Publish is PublishContext with a background context: it waits for Redis for at most the
+// publish timeout ([WithPublishTimeout], 2s).
+func (b *Broker) Publish(ev sse.Event, topics ...string) (id string, err error) {
+	return b.PublishContext(context.Background(), ev, topics...)
+}
+
+// PublishContext adds ev to the log for every process's clients of topics (the default topic
+// if none is given), and returns its ID. It returns once Redis has accepted the event, not
+// once clients have received it. It waits for Redis until ctx is done or the publish timeout
+// ([WithPublishTimeout], 2s) has passed, and then returns an error: if Redis did not answer,
+// the event may or may not have been published. An Event that cannot be represented on the
+// wire is refused with an error wrapping sse.ErrInvalidEvent, as sse.Broker's Publish does;
+// after Shutdown, PublishContext returns sse.ErrClosed.
+func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...string) (id string, err error) {
+	if _, err := ev.AppendText(nil); err != nil {
+		return "", err
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return "", sse.ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
+	defer cancel()
+	var res []any
+	err = within(ctx, func() (err error) {
+		res, err = publishScript.Run(ctx, b.client, b.keys, publishArgs(newEpoch(), b.cfg.maxLen, ev, topics)...).Slice()
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("redisbroker: publish: %w", err)
+	}
+	epoch, _ := res[0].(string)
+	seq, _ := res[1].(int64)
+	if epoch == "" || seq <= 0 {
+		return "", fmt.Errorf("redisbroker: publish: unexpected reply %v", res)
+	}
+	if ev.ID != "" {
+		return ev.ID, nil
+	}
+	return epoch + "-" + strconv.FormatInt(seq, 10), nil
+}
+
+// within runs f and returns its error, or ctx's error if ctx is done first. A go-redis client
+// stops waiting for an answer at ctx's deadline only if its options say ContextTimeoutEnabled;
+// otherwise at its own ReadTimeout. The caller is not kept waiting either way: f goes on
+// alone, until the client gives up.
+func within(ctx context.Context, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// newEpoch returns a random name for a log that begins, in the same form as sse.Broker's own
+// ID prefixes.
+func newEpoch() string {
+	// math/rand/v2 is seeded afresh from the operating system at every start.
+	return strconv.FormatUint(rand.Uint64()>>24, 36)
+}
+
+// Shutdown stops reading the log and ends every stream, as sse.Broker's Shutdown does; from
+// then on Publish returns sse.ErrClosed. It returns once the reader has stopped and every
+// stream has ended, or with ctx's error if ctx is done first. Shutdown is idempotent and safe
+// to call from any goroutine. It does not close the Redis client, which the caller owns.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.stop()
+	err := b.core.Shutdown(ctx)
+	// A read blocked in Redis ends at its block time; CLIENT UNBLOCK ends it now. The reader
+	// may be about to block again when it is sent, so send it until the reader has returned.
+	for first := true; ; first = false {
+		if !first {
+			b.r.unblock(ctx, b.client)
+		}
+		select {
+		case <-b.stopped:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// errEntry is logged for an entry of the log that is not one Publish wrote.
+var errEntry = errors.New("redisbroker: malformed log entry")

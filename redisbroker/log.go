@@ -1,0 +1,123 @@
+package redisbroker
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"sse"
+)
+
+// publishScript numbers an event and adds it to the log, in one step so that the order of
+// numbers is the order of the log. KEYS: meta, log. ARGV: an epoch for a log that begins, the
+// log's MAXLEN, then the entry's fields and values. It returns {epoch, seq}.
+//
+// The meta hash is the log's memory of itself: if it is gone (Redis lost its data), what is
+// left of the log is not the log any more, so a new epoch begins, which every reader notices.
+var publishScript = redis.NewScript(`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+	epoch = ARGV[1]
+	redis.call('DEL', KEYS[2])
+	redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', epoch, 's', seq, unpack(ARGV, 3))
+return {epoch, seq}
+`)
+
+// The fields of a log entry. e and s are the epoch and number, t the topics, y, d, i and r
+// the event's Type, Data, ID and Retry (in nanoseconds); empty ones are left out.
+const (
+	fieldEpoch  = "e"
+	fieldSeq    = "s"
+	fieldTopics = "t"
+	fieldType   = "y"
+	fieldData   = "d"
+	fieldID     = "i"
+	fieldRetry  = "r"
+)
+
+// publishArgs returns the script's ARGV for ev published to topics.
+func publishArgs(epoch string, maxLen int64, ev sse.Event, topics []string) []any {
+	args := make([]any, 0, 12)
+	args = append(args, epoch, maxLen)
+	if len(topics) > 0 {
+		args = append(args, fieldTopics, encodeTopics(topics))
+	}
+	if ev.Type != "" {
+		args = append(args, fieldType, ev.Type)
+	}
+	// Data always, so that an entry has at least one field of its own (Lua's unpack of
+	// nothing is fine, but the entry then reads as an event with empty data either way).
+	args = append(args, fieldData, ev.Data)
+	if ev.ID != "" {
+		args = append(args, fieldID, ev.ID)
+	}
+	if ev.Retry != 0 {
+		args = append(args, fieldRetry, int64(ev.Retry))
+	}
+	return args
+}
+
+// encodeTopics writes each name preceded by its length and a colon, so that any bytes a name
+// holds are kept apart.
+func encodeTopics(topics []string) string {
+	var s strings.Builder
+	for _, t := range topics {
+		s.WriteString(strconv.Itoa(len(t)))
+		s.WriteByte(':')
+		s.WriteString(t)
+	}
+	return s.String()
+}
+
+// decodeTopics reverses encodeTopics.
+func decodeTopics(s string) ([]string, error) {
+	var topics []string
+	for s != "" {
+		n, rest, ok := strings.Cut(s, ":")
+		l, err := strconv.Atoi(n)
+		if !ok || err != nil || l < 0 || l > len(rest) {
+			return nil, fmt.Errorf("%w: topics %q", errEntry, s)
+		}
+		topics = append(topics, rest[:l])
+		s = rest[l:]
+	}
+	return topics, nil
+}
+
+// entry is one event of the log, as read back.
+type entry struct {
+	epoch  string
+	seq    uint64
+	ev     sse.Event
+	topics []string
+}
+
+// decodeEntry reads a log entry that publishScript wrote.
+func decodeEntry(m redis.XMessage) (entry, error) {
+	var e entry
+	str := func(k string) string { s, _ := m.Values[k].(string); return s }
+	e.epoch = str(fieldEpoch)
+	seq, err := strconv.ParseUint(str(fieldSeq), 10, 64)
+	if e.epoch == "" || err != nil || seq == 0 {
+		return e, fmt.Errorf("%w %s: no epoch or number", errEntry, m.ID)
+	}
+	e.seq = seq
+	if e.topics, err = decodeTopics(str(fieldTopics)); err != nil {
+		return e, err
+	}
+	e.ev = sse.Event{Type: str(fieldType), Data: str(fieldData), ID: str(fieldID)}
+	if r := str(fieldRetry); r != "" {
+		ns, err := strconv.ParseInt(r, 10, 64)
+		if err != nil {
+			return e, fmt.Errorf("%w %s: retry %q", errEntry, m.ID, r)
+		}
+		e.ev.Retry = time.Duration(ns)
+	}
+	return e, nil
+}

@@ -1,0 +1,223 @@
+package redisbroker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"sse"
+)
+
+// A reader reads the log into a process's sse.Broker, in order, from one goroutine.
+type reader struct {
+	client    redis.UniversalClient
+	core      *sse.Broker
+	meta, log string
+	block     time.Duration
+	logger    *slog.Logger
+
+	// Only the reader's goroutine uses these (and New, before it starts).
+	conn    *redis.Conn // a connection of its own for blocking reads, when client is a *redis.Client
+	epoch   string      // the epoch of the log being read; "" until one is known
+	lastID  string      // the stream ID of the last entry read; "0-0" reads from the start
+	checked time.Time   // when the epoch was last looked at
+	failing bool        // the last attempt failed
+
+	connID atomic.Int64 // the CLIENT ID of conn, or 0: what Shutdown unblocks
+}
+
+// pageSize is how many entries one read of the log returns at most.
+const pageSize = 1000
+
+// cmd returns what the reader sends its commands through: its own connection if the client
+// can give it one, so that Shutdown can unblock its reads, and the client otherwise (a
+// cluster client), whose blocked reads end at their block time.
+func (r *reader) cmd(ctx context.Context) (redis.Cmdable, error) {
+	if r.conn != nil {
+		return r.conn, nil
+	}
+	c, ok := r.client.(*redis.Client)
+	if !ok {
+		return r.client, nil
+	}
+	conn := c.Conn()
+	id, err := conn.ClientID(ctx).Result()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	r.conn = conn
+	r.connID.Store(id)
+	return conn, nil
+}
+
+// closeConn gives up the reader's connection, after an error or when it stops.
+func (r *reader) closeConn() {
+	if r.conn != nil {
+		r.connID.Store(0)
+		r.conn.Close()
+		r.conn = nil
+	}
+}
+
+// unblock ends the reader's blocked read, if it is in one; any goroutine may call it.
+func (r *reader) unblock(ctx context.Context, client redis.UniversalClient) {
+	if id := r.connID.Load(); id != 0 {
+		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		within(ctx, func() error { return client.ClientUnblock(ctx, id).Err() })
+		cancel()
+	}
+}
+
+// catchUp reads what the log retains.
+func (r *reader) catchUp(ctx context.Context) error {
+	cmd, err := r.cmd(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := r.checkEpoch(ctx, cmd); err != nil {
+		return err
+	}
+	for {
+		n, err := r.read(ctx, cmd, -1)
+		if err != nil || n == 0 {
+			return err
+		}
+	}
+}
+
+// run reads the log until ctx is done, retrying after errors.
+func (r *reader) run(ctx context.Context) {
+	defer r.closeConn()
+	var backoff time.Duration
+	for ctx.Err() == nil {
+		err := r.step(ctx)
+		if err == nil {
+			if r.failing {
+				r.failing = false
+				r.logf(slog.LevelInfo, "reading the log again", nil)
+			}
+			backoff = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if !r.failing {
+			r.failing = true
+			r.logf(slog.LevelWarn, "cannot read the log; retrying", err)
+		}
+		r.closeConn()
+		backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// step waits for entries for up to the block time and appends them, and looks at the epoch
+// when it has not for that long: a log begun anew whose stream IDs do not follow the old
+// one's is noticed so.
+func (r *reader) step(ctx context.Context) error {
+	cmd, err := r.cmd(ctx)
+	if err != nil {
+		return err
+	}
+	if time.Since(r.checked) >= r.block {
+		if _, err := r.checkEpoch(ctx, cmd); err != nil {
+			return err
+		}
+	}
+	_, err = r.read(ctx, cmd, r.block)
+	return err
+}
+
+// checkEpoch looks at the log's epoch, and reports whether it changed: the log was begun anew
+// and is to be read from its start. While the log has no epoch (Redis lost it, and no Publish
+// has begun it again), the reader keeps the one it has.
+func (r *reader) checkEpoch(ctx context.Context, cmd redis.Cmdable) (changed bool, err error) {
+	epoch, err := cmd.HGet(ctx, r.meta, "epoch").Result()
+	if err == redis.Nil {
+		r.checked = time.Now()
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	r.checked = time.Now()
+	if epoch == r.epoch {
+		return false, nil
+	}
+	if r.epoch != "" {
+		r.logf(slog.LevelInfo, "the log began anew: epoch "+epoch, nil)
+	}
+	r.epoch = epoch
+	r.lastID = "0-0"
+	return true, nil
+}
+
+// read reads up to a page of entries after lastID, waiting up to block for one (not at all if
+// block is negative), appends them and returns how many it read.
+func (r *reader) read(ctx context.Context, cmd redis.Cmdable, block time.Duration) (int, error) {
+	streams, err := cmd.XRead(ctx, &redis.XReadArgs{
+		Streams: []string{r.log, r.lastID},
+		Count:   pageSize,
+		Block:   block,
+	}).Result()
+	if err == redis.Nil {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range streams {
+		n += len(s.Messages)
+		for _, m := range s.Messages {
+			e, err := decodeEntry(m)
+			if err != nil {
+				r.lastID = m.ID
+				r.logf(slog.LevelWarn, "skipping an entry", err)
+				continue
+			}
+			if e.epoch != r.epoch {
+				// Either the log began anew, or the entry is left from an older one.
+				changed, err := r.checkEpoch(ctx, cmd)
+				if err != nil {
+					return n, err
+				}
+				if changed {
+					return n, nil // read the new log from its start
+				}
+				r.lastID = m.ID
+				continue
+			}
+			r.lastID = m.ID
+			// The only errors are ErrClosed, after Shutdown, and an event that Publish would
+			// have refused, which only another program can have written: its clients will
+			// get MissedType, since the numbers no longer follow.
+			if err := r.core.Append(e.epoch, e.seq, e.ev, e.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
+				r.logf(slog.LevelWarn, "skipping an entry", err)
+			}
+		}
+	}
+	return n, nil
+}
+
+func (r *reader) logf(level slog.Level, msg string, err error) {
+	if r.logger == nil {
+		return
+	}
+	attrs := []slog.Attr{slog.String("log", r.log)}
+	if err != nil {
+		attrs = append(attrs, slog.Any("err", err))
+	}
+	r.logger.LogAttrs(context.Background(), level, "redisbroker: "+msg, attrs...)
+}
