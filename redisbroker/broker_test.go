@@ -15,14 +15,15 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"sse"
+	"sse/internal/redistest"
 	"sse/internal/spec"
 	"sse/internal/ssetest"
 	"sse/redisbroker"
 )
 
 // threeNodes starts three nodes on namespace ns of rs.
-func threeNodes(t *testing.T, rs *redisServer, ns string, opts ...redisbroker.Option) (a, b, c *node) {
-	return startNode(t, rs.addr(), ns, opts...), startNode(t, rs.addr(), ns, opts...), startNode(t, rs.addr(), ns, opts...)
+func threeNodes(t *testing.T, rs *redistest.Server, ns string, opts ...redisbroker.Option) (a, b, c *node) {
+	return startNode(t, rs.Addr(), ns, opts...), startNode(t, rs.Addr(), ns, opts...), startNode(t, rs.Addr(), ns, opts...)
 }
 
 // waitAppended waits until every node has read n events from the log in all.
@@ -54,10 +55,10 @@ func epochOf(id string) string {
 // delivers them in the same order, to clients of several topics too.
 func TestFanOutAcrossNodes(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
+	rs := redistest.Start(t)
 	nodes := []*node{}
 	for range 3 {
-		nodes = append(nodes, startNode(t, rs.addr(), "fanout"))
+		nodes = append(nodes, startNode(t, rs.Addr(), "fanout"))
 	}
 	topicSets := [][]string{{"a"}, {"b"}, {"a", "b"}}
 	type sub struct {
@@ -152,7 +153,7 @@ func TestFanOutAcrossNodes(t *testing.T) {
 // replays the same events on every node.
 func TestResumeOnAnotherNode(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
+	rs := redistest.Start(t)
 	tests := []struct {
 		name        string
 		query       bool // send the ID as the lastEventId query parameter
@@ -238,14 +239,14 @@ func mustAtoi(s string) int {
 // still holds without MissedType, also after it restarts.
 func TestNodeStartsAndRestarts(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
-	a := startNode(t, rs.addr(), "restart")
+	rs := redistest.Start(t)
+	a := startNode(t, rs.Addr(), "restart")
 	var ids []string
 	for i := 1; i <= 20; i++ {
 		ids = append(ids, a.publish(strconv.Itoa(i)))
 	}
 
-	c := startNode(t, rs.addr(), "restart")
+	c := startNode(t, rs.Addr(), "restart")
 	// New returns once the node holds the retained log: its first client starts at the end.
 	if got := c.b.Stats().Published; got != 20 {
 		t.Fatalf("a node that started holds %d events, want 20", got)
@@ -260,7 +261,7 @@ func TestNodeStartsAndRestarts(t *testing.T) {
 	for i := 21; i <= 30; i++ {
 		ids = append(ids, a.publish(strconv.Itoa(i)))
 	}
-	c = startNode(t, rs.addr(), "restart")
+	c = startNode(t, rs.Addr(), "restart")
 	s := c.open(ids[14], false)
 	s.expect(numbers(16, 30)...)
 	c.publish("31")
@@ -272,8 +273,8 @@ func TestNodeStartsAndRestarts(t *testing.T) {
 // once Redis is back, delivery goes on and clients resume by ID.
 func TestRedisRestartsWithData(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t, "--appendonly", "yes", "--appendfsync", "always")
-	a, b := startNode(t, rs.addr(), "persist"), startNode(t, rs.addr(), "persist")
+	rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	a, b := startNode(t, rs.Addr(), "persist"), startNode(t, rs.Addr(), "persist")
 	var ids []string
 	for i := 1; i <= 5; i++ {
 		ids = append(ids, a.publish(strconv.Itoa(i)))
@@ -282,17 +283,17 @@ func TestRedisRestartsWithData(t *testing.T) {
 	s := b.open("", false)
 
 	// Redis hangs: Publish gives up at its timeout (1s here).
-	rs.signal(syscall.SIGSTOP)
+	rs.Signal(syscall.SIGSTOP)
 	began := time.Now()
 	_, err := a.b.Publish(sse.Event{Data: "lost?"})
 	if took := time.Since(began); err == nil || took > 1500*time.Millisecond {
 		t.Errorf("Publish while Redis hangs: %v after %v, want an error within 1s", err, took)
 	}
-	rs.signal(syscall.SIGCONT)
+	rs.Signal(syscall.SIGCONT)
 	// That event may or may not be in the log: Redis got the command. Start counting after it.
-	waitFor(t, "Redis to answer", func() bool { return ping(rs.addr()) == nil })
+	waitFor(t, "Redis to answer", func() bool { return redistest.Ping(rs.Addr()) == nil })
 
-	rs.kill()
+	rs.Kill()
 	began = time.Now()
 	_, err = a.b.Publish(sse.Event{Data: "lost"})
 	if took := time.Since(began); err == nil || took > 1500*time.Millisecond {
@@ -300,7 +301,7 @@ func TestRedisRestartsWithData(t *testing.T) {
 	}
 	beats := s.beats
 	time.Sleep(500 * time.Millisecond)
-	rs.start()
+	rs.Restart()
 
 	// Delivery goes on, with the same epoch and the next numbers.
 	var id6 string
@@ -356,8 +357,8 @@ func TestRedisLosesData(t *testing.T) {
 	t.Parallel()
 	for _, how := range []string{"FLUSHALL", "restart"} {
 		t.Run(how, func(t *testing.T) {
-			rs := startRedis(t)
-			a, b := startNode(t, rs.addr(), "lose"), startNode(t, rs.addr(), "lose")
+			rs := redistest.Start(t)
+			a, b := startNode(t, rs.Addr(), "lose"), startNode(t, rs.Addr(), "lose")
 			var ids []string
 			for i := 1; i <= 5; i++ {
 				ids = append(ids, a.publish(strconv.Itoa(i)))
@@ -368,12 +369,12 @@ func TestRedisLosesData(t *testing.T) {
 			old := s.expect("6")[0].LastEventID
 
 			if how == "FLUSHALL" {
-				if got := rs.do("FLUSHALL"); got != "+OK" {
+				if got := rs.Do("FLUSHALL"); got != "+OK" {
 					t.Fatalf("FLUSHALL: %s", got)
 				}
 			} else {
-				rs.kill()
-				rs.start()
+				rs.Kill()
+				rs.Restart()
 			}
 			var id string
 			waitFor(t, "a publish to succeed", func() bool {
@@ -421,14 +422,14 @@ func TestRedisLosesData(t *testing.T) {
 // waiting for it a few seconds).
 func TestOldAndBadIDs(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
-	a := startNode(t, rs.addr(), "old", redisbroker.WithMaxLen(10))
+	rs := redistest.Start(t)
+	a := startNode(t, rs.Addr(), "old", redisbroker.WithMaxLen(10))
 	var ids []string
 	for i := 1; i <= 300; i++ {
 		ids = append(ids, a.publish(strconv.Itoa(i)))
 	}
 	epoch := epochOf(ids[0])
-	b := startNode(t, rs.addr(), "old")
+	b := startNode(t, rs.Addr(), "old")
 	held := int(b.b.Stats().Published)
 	if held >= 300 || held < 10 {
 		t.Fatalf("the log holds %d events of 300, want about 10 to a few hundred", held)
@@ -469,8 +470,8 @@ func TestOldAndBadIDs(t *testing.T) {
 // goroutine running; Publish then returns ErrClosed.
 func TestShutdownDuringBlockingRead(t *testing.T) {
 	checkGoroutines(t)
-	rs := startRedis(t)
-	n := startNode(t, rs.addr(), "shutdown", redisbroker.WithBlock(10*time.Second))
+	rs := redistest.Start(t)
+	n := startNode(t, rs.Addr(), "shutdown", redisbroker.WithBlock(10*time.Second))
 	n.publish("1")
 	s := n.open("", false)
 	time.Sleep(100 * time.Millisecond) // the reader is in its 10s read by now
@@ -488,7 +489,7 @@ func TestShutdownDuringBlockingRead(t *testing.T) {
 // New fails at once when Redis cannot be reached, and leaves nothing running.
 func TestNewWithoutRedis(t *testing.T) {
 	checkGoroutines(t)
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), MaxRetries: 1})
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t)), MaxRetries: 1})
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -507,8 +508,8 @@ func TestNewWithoutRedis(t *testing.T) {
 // cannot be represented is refused before it reaches Redis.
 func TestEventsRoundTrip(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
-	a, b := startNode(t, rs.addr(), "round"), startNode(t, rs.addr(), "round")
+	rs := redistest.Start(t)
+	a, b := startNode(t, rs.Addr(), "round"), startNode(t, rs.Addr(), "round")
 	a.publish("first", "other")
 	waitAppended(t, 1, a, b)
 	s := b.open("", false, "x")
@@ -538,7 +539,7 @@ func TestEventsRoundTrip(t *testing.T) {
 			t.Errorf("Publish(%+v): %v, want ErrInvalidEvent", ev, err)
 		}
 	}
-	if got := rs.do("XLEN", redisbroker.Keys("round")[1]); got != ":"+strconv.Itoa(len(ssetest.RoundTrip)+1) {
+	if got := rs.Do("XLEN", redisbroker.Keys("round")[1]); got != ":"+strconv.Itoa(len(ssetest.RoundTrip)+1) {
 		t.Errorf("XLEN = %s, want %d: a refused event reached Redis", got, len(ssetest.RoundTrip)+1)
 	}
 }
@@ -547,15 +548,15 @@ func TestEventsRoundTrip(t *testing.T) {
 // them all on a cluster; Redis in cluster mode says so.
 func TestKeysOneSlot(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+	rs := redistest.Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
 	for _, ns := range []string{"chat", "a:b", "with space", "ünï", "x"} {
 		keys := redisbroker.Keys(ns)
-		slot := rs.do("CLUSTER", "KEYSLOT", keys[0])
+		slot := rs.Do("CLUSTER", "KEYSLOT", keys[0])
 		if !strings.HasPrefix(slot, ":") {
 			t.Fatalf("CLUSTER KEYSLOT: %s", slot)
 		}
 		for _, k := range keys[1:] {
-			if got := rs.do("CLUSTER", "KEYSLOT", k); got != slot {
+			if got := rs.Do("CLUSTER", "KEYSLOT", k); got != slot {
 				t.Errorf("namespace %q: key %q is in slot %s, %q in %s", ns, keys[0], slot, k, got)
 			}
 		}

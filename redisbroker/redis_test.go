@@ -4,16 +4,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,142 +18,6 @@ import (
 	"sse/internal/spec"
 	"sse/redisbroker"
 )
-
-// redisServer is a redis-server process of a test's own, on a free port of 127.0.0.1, with
-// its files in a directory of the test's.
-type redisServer struct {
-	t    *testing.T
-	bin  string
-	port int
-	dir  string
-	args []string
-
-	mu  sync.Mutex
-	cmd *exec.Cmd // guarded by mu; nil while stopped
-}
-
-// startRedis starts a redis-server with extra arguments (such as "--appendonly", "yes"),
-// and stops it when the test ends. Without redis-server on the PATH, the test is skipped, or
-// fails in CI (CI=true) or when SSE_INTEROP=require.
-func startRedis(t *testing.T, extra ...string) *redisServer {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("SSE_INTEROP") == "require" || os.Getenv("CI") == "true" {
-			t.Fatalf("redis-server is required: %v", err)
-		}
-		t.Skipf("redis-server not found (apt-get install redis-server): %v", err)
-	}
-	s := &redisServer{t: t, bin: bin, port: freePort(t), dir: t.TempDir(), args: extra}
-	t.Cleanup(s.kill)
-	s.start()
-	return s
-}
-
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func (s *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
-
-// start starts the server (again, on the same port and directory) and waits until it answers.
-func (s *redisServer) start() {
-	s.t.Helper()
-	args := []string{
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
-	}
-	cmd := exec.Command(s.bin, append(args, s.args...)...)
-	log, err := os.Create(fmt.Sprintf("%s/redis-%d.log", s.dir, time.Now().UnixNano()))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer log.Close()
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	s.mu.Lock()
-	s.cmd = cmd
-	s.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if err := ping(s.addr()); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on %s does not answer: %v", s.addr(), err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// kill stops the server at once, as a crash would.
-func (s *redisServer) kill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		s.cmd = nil
-	}
-}
-
-// signal sends sig to the server.
-func (s *redisServer) signal(sig os.Signal) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		s.cmd.Process.Signal(sig)
-	}
-}
-
-// do runs one command on the server and returns its reply line.
-func (s *redisServer) do(args ...string) string {
-	s.t.Helper()
-	c, err := net.DialTimeout("tcp", s.addr(), time.Second)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(c, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(c, "$%d\r\n%s\r\n", len(a), a)
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		s.t.Fatalf("%v: %v", args, err)
-	}
-	return strings.TrimSpace(line)
-}
-
-// ping reports whether a Redis server answers PING at addr.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := io.WriteString(c, "PING\r\n"); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING: %q", line)
-	}
-	return nil
-}
 
 // node is one process sharing a stream: its own Redis client, Broker and HTTP server, which
 // serves the topics named by the query's topic parameters at /events.
