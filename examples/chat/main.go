@@ -5,6 +5,13 @@
 //
 // A dropped connection needs no reload: the page's EventSource reconnects by itself with the ID
 // of the last message it saw, and the Broker replays the messages said since.
+//
+// With -redis, several chat processes share their rooms through a Redis server (see the
+// redisbroker module): a message said on one reaches the pages of all, and a page resumes on
+// whichever process it reconnects to.
+//
+//	go run ./examples/chat -addr 127.0.0.1:8081 -redis 127.0.0.1:6379
+//	go run ./examples/chat -addr 127.0.0.1:8082 -redis 127.0.0.1:6379
 package main
 
 import (
@@ -22,7 +29,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"sse"
+	"sse/redisbroker"
 )
 
 //go:embed index.html
@@ -38,18 +48,46 @@ const (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	redisAddr := flag.String("redis", "", "host:port of a Redis server through which chat processes share their rooms (default: this process alone)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("chat: ")
-	if err := run(*addr); err != nil {
+	if err := run(*addr, *redisAddr); err != nil {
 		log.Fatal(err)
 	}
 }
 
-// run serves the chat on addr until the process is interrupted or terminated.
-func run(addr string) error {
+// broker is what the chat needs of a Broker: an sse.Broker, or a redisbroker.Broker shared
+// with other processes.
+type broker interface {
+	ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error
+	Publish(ev sse.Event, topics ...string) (id string, err error)
+	Shutdown(ctx context.Context) error
+}
+
+// run serves the chat on addr until the process is interrupted or terminated, sharing its
+// rooms through the Redis server at redisAddr unless it is empty.
+func run(addr, redisAddr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	// Each room keeps its last 256 messages for pages that reconnect.
+	var b broker
+	if redisAddr == "" {
+		b = sse.NewBroker(sse.WithHistory(256))
+	} else {
+		rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
+		defer rdb.Close()
+		startCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		// New returns once this process has read the rooms' recent messages from Redis.
+		rb, err := redisbroker.New(startCtx, rdb, "chat", redisbroker.WithBrokerOptions(sse.WithHistory(256)))
+		cancel()
+		if err != nil {
+			return err
+		}
+		b = rb
+		fmt.Printf("chat: sharing rooms through Redis at %s\n", redisAddr)
+	}
 
 	// Listen before printing, so that the address printed is the one served, port 0 included.
 	ln, err := net.Listen("tcp", addr)
@@ -57,9 +95,6 @@ func run(addr string) error {
 		return err
 	}
 	fmt.Printf("chat: open http://%s/\n", ln.Addr())
-
-	// Each room keeps its last 256 messages for pages that reconnect.
-	b := sse.NewBroker(sse.WithHistory(256))
 	srv := &http.Server{Handler: newServer(b), ReadHeaderTimeout: 10 * time.Second}
 	// Streams never end on their own, so http.Server.Shutdown would wait for them forever.
 	srv.RegisterOnShutdown(func() { b.Shutdown(context.Background()) })
@@ -93,7 +128,7 @@ type message struct {
 
 // newServer returns the chat's handler: the page at /, each room's stream at
 // /rooms/{room}/events, and POST /rooms/{room}/messages to say something in a room.
-func newServer(b *sse.Broker) http.Handler {
+func newServer(b broker) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -141,8 +176,13 @@ func newServer(b *sse.Broker) http.Handler {
 			return
 		}
 		if _, err := b.Publish(sse.Event{Type: "message", Data: string(data)}, topic(room)); err != nil {
-			// sse.ErrClosed: the server is shutting down.
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			if errors.Is(err, sse.ErrClosed) {
+				http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			} else {
+				// Redis could not be reached: the message may or may not have gone out.
+				log.Printf("publish: %v", err)
+				http.Error(w, "cannot send now", http.StatusServiceUnavailable)
+			}
 			return
 		}
 		// 204 leaves the page where it is, even when a plain form is submitted without script.

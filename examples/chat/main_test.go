@@ -107,7 +107,7 @@ func TestChatPage(t *testing.T) {
 
 type server struct {
 	*httptest.Server
-	b *sse.Broker
+	b interface{ Stats() sse.Stats } // an sse.Broker, or a redisbroker.Broker
 }
 
 // start serves the chat on a test server, with a Broker made with opts, and checks at the end
