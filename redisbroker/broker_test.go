@@ -417,6 +417,38 @@ func TestRedisLosesData(t *testing.T) {
 	}
 }
 
+// When the log's number goes back (Redis failed over to a replica that had not received the
+// last events), the numbers that follow would name other events than clients saw: the nodes
+// begin a new epoch, so that those clients get MissedType rather than a silent gap.
+func TestLogGoesBack(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	a, b := startNode(t, rs.Addr(), "back"), startNode(t, rs.Addr(), "back")
+	var ids []string
+	for i := 1; i <= 6; i++ {
+		ids = append(ids, a.publish(strconv.Itoa(i)))
+	}
+	waitAppended(t, 6, a, b)
+	s := b.open("", false)
+	meta := redisbroker.Keys("back")[0]
+	// What a replica that missed events 4 to 6 holds.
+	if got := rs.Do("HSET", meta, "seq", "3"); got != ":0" {
+		t.Fatalf("HSET: %s", got)
+	}
+	waitFor(t, "a new epoch", func() bool { return rs.Do("HGET", meta, "epoch") != epochOf(ids[0]) })
+	id := a.publish("7")
+	if epochOf(id) == epochOf(ids[0]) || seqOf(t, id) != 1 {
+		t.Fatalf("ID after the log went back: %q, want a new epoch and 1", id)
+	}
+	s.expectEnd()
+	waitAppended(t, 7, a, b)
+	r := b.open(ids[5], false)
+	if ev := r.next(); ev.Type != sse.MissedType {
+		t.Fatalf("resuming from %q after the log went back: %+v, want %s", ids[5], ev, sse.MissedType)
+	}
+	r.expect("7")
+}
+
 // An ID older than what Redis retains gets one MissedType, then what is held, then live
 // events; so does a malformed ID, one from another epoch, and one from the future (after
 // waiting for it a few seconds).

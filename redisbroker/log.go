@@ -29,6 +29,18 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', epoch, 's', seq, u
 return {epoch, seq}
 `)
 
+// renewScript begins a new epoch in place of one whose numbers went back. KEYS: meta, log.
+// ARGV: the epoch that went back, a new one. It returns the epoch now current: the new one, or
+// one that another reader began first.
+var renewScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+	redis.call('DEL', KEYS[2])
+	redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'seq', 0)
+	return ARGV[2]
+end
+return redis.call('HGET', KEYS[1], 'epoch')
+`)
+
 // The fields of a log entry. e and s are the epoch and number, t the topics, y, d, i and r
 // the event's Type, Data, ID and Retry (in nanoseconds); empty ones are left out.
 const (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ type reader struct {
 	// Only the reader's goroutine uses these (and New, before it starts).
 	conn    *redis.Conn // a connection of its own for blocking reads, when client is a *redis.Client
 	epoch   string      // the epoch of the log being read; "" until one is known
+	seq     uint64      // the number of the last event of epoch read
 	lastID  string      // the stream ID of the last entry read; "0-0" reads from the start
 	checked time.Time   // when the epoch was last looked at
 	failing bool        // the last attempt failed
@@ -141,26 +143,53 @@ func (r *reader) step(ctx context.Context) error {
 
 // checkEpoch looks at the log's epoch, and reports whether it changed: the log was begun anew
 // and is to be read from its start. While the log has no epoch (Redis lost it, and no Publish
-// has begun it again), the reader keeps the one it has.
+// has begun it again), the reader keeps the one it has. If the log's number is behind what
+// the reader has read (Redis failed over to a replica that had not received the last events),
+// the numbers that follow would name other events than they did: the reader begins a new
+// epoch.
 func (r *reader) checkEpoch(ctx context.Context, cmd redis.Cmdable) (changed bool, err error) {
-	epoch, err := cmd.HGet(ctx, r.meta, "epoch").Result()
-	if err == redis.Nil {
-		r.checked = time.Now()
-		return false, nil
-	}
+	vals, err := cmd.HMGet(ctx, r.meta, "epoch", "seq").Result()
 	if err != nil {
 		return false, err
 	}
 	r.checked = time.Now()
-	if epoch == r.epoch {
+	epoch, _ := vals[0].(string)
+	seq, _ := vals[1].(string)
+	switch {
+	case epoch == "":
 		return false, nil
+	case epoch != r.epoch:
+		return r.follow(epoch), nil
 	}
+	if n, err := strconv.ParseUint(seq, 10, 64); err == nil && n < r.seq {
+		return r.renew(ctx, cmd)
+	}
+	return false, nil
+}
+
+// follow makes the reader read the log of epoch from its start, and reports true.
+func (r *reader) follow(epoch string) bool {
 	if r.epoch != "" {
 		r.logf(slog.LevelInfo, "the log began anew: epoch "+epoch, nil)
 	}
 	r.epoch = epoch
+	r.seq = 0
 	r.lastID = "0-0"
-	return true, nil
+	return true
+}
+
+// renew begins a new epoch in place of the reader's, whose numbers went back, unless another
+// reader has done so already, and follows it.
+func (r *reader) renew(ctx context.Context, cmd redis.Cmdable) (changed bool, err error) {
+	r.logf(slog.LevelWarn, "the log went back: beginning a new epoch", nil)
+	epoch, err := renewScript.Run(ctx, cmd, []string{r.meta, r.log}, r.epoch, newEpoch()).Text()
+	if err == redis.Nil {
+		return false, nil // the log has no epoch now: the next Publish begins one
+	}
+	if err != nil {
+		return false, err
+	}
+	return r.follow(epoch), nil
 }
 
 // read reads up to a page of entries after lastID, waiting up to block for one (not at all if
@@ -199,7 +228,15 @@ func (r *reader) read(ctx context.Context, cmd redis.Cmdable, block time.Duratio
 				r.lastID = m.ID
 				continue
 			}
+			if e.seq <= r.seq {
+				// A number given twice: the log went back.
+				changed, err := r.renew(ctx, cmd)
+				if err != nil || changed {
+					return n, err
+				}
+			}
 			r.lastID = m.ID
+			r.seq = e.seq
 			// The only errors are ErrClosed, after Shutdown, and an event that Publish would
 			// have refused, which only another program can have written: its clients will
 			// get MissedType, since the numbers no longer follow.

@@ -116,8 +116,8 @@ func (s *Server) Signal(sig os.Signal) {
 	}
 }
 
-// Do runs one command on the server and returns the first line of its reply, such as "+OK"
-// or ":42".
+// Do runs one command on the server and returns its reply: a bulk string's content, or the
+// first line of any other reply, such as "+OK", ":42" or "$-1" (nil).
 func (s *Server) Do(args ...string) string {
 	s.t.Helper()
 	c, err := net.DialTimeout("tcp", s.Addr(), time.Second)
@@ -130,11 +130,20 @@ func (s *Server) Do(args ...string) string {
 	for _, a := range args {
 		fmt.Fprintf(c, "$%d\r\n%s\r\n", len(a), a)
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
 	if err != nil {
 		s.t.Fatalf("%v: %v", args, err)
 	}
-	return strings.TrimSpace(line)
+	line = strings.TrimSuffix(line, "\r\n")
+	if n, err := strconv.Atoi(strings.TrimPrefix(line, "$")); strings.HasPrefix(line, "$") && err == nil && n >= 0 {
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			s.t.Fatalf("%v: %v", args, err)
+		}
+		return string(buf[:n])
+	}
+	return line
 }
 
 // Ping reports whether a Redis server answers PING at addr.
