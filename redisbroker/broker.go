@@ -269,7 +269,9 @@ func newEpoch() string {
 // Shutdown stops reading the log and ends every stream, as sse.Broker's Shutdown does; from
 // then on Publish returns sse.ErrClosed. It returns once the reader has stopped and every
 // stream has ended, or with ctx's error if ctx is done first. Shutdown is idempotent and safe
-// to call from any goroutine. It does not close the Redis client, which the caller owns.
+// to call from any goroutine. It does not close the Redis client, which the caller owns. With
+// a client that cannot give the reader a connection of its own (a cluster client), a read
+// blocked in Redis ends only at its block time, a second at most.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
@@ -278,10 +280,8 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	err := b.core.Shutdown(ctx)
 	// A read blocked in Redis ends at its block time; CLIENT UNBLOCK ends it now. The reader
 	// may be about to block again when it is sent, so send it until the reader has returned.
-	for first := true; ; first = false {
-		if !first {
-			b.r.unblock(ctx, b.client)
-		}
+	for {
+		b.r.unblock(ctx, b.client)
 		select {
 		case <-b.stopped:
 			return err
