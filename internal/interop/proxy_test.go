@@ -12,12 +12,12 @@ import (
 // failure or a restarting load balancer would: the tests drop a client's connection without
 // the server's help, so that what they see is what a real failure looks like to both ends.
 type proxy struct {
-	ln     net.Listener
-	target string
-	done   chan struct{}  // closed by close
-	wg     sync.WaitGroup // the accept loop and every connection's goroutines
+	ln   net.Listener
+	done chan struct{}  // closed by close
+	wg   sync.WaitGroup // the accept loop and every connection's goroutines
 
 	mu     sync.Mutex            // guards the fields below
+	target string                // where new connections go
 	conns  map[net.Conn]struct{} // both ends of every open connection
 	gate   chan struct{}         // closed while new connections are forwarded
 	paused bool
@@ -79,6 +79,14 @@ func (p *proxy) resume() {
 		p.paused = false
 		close(p.gate)
 	}
+}
+
+// retarget sends new connections to target from now on, as a load balancer that sends a
+// client to another server does; open connections stay where they are.
+func (p *proxy) retarget(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = target
 }
 
 // downstream returns what the server has sent through the proxy so far.
@@ -149,7 +157,10 @@ func (p *proxy) forward(client net.Conn) {
 		return
 	}
 
-	server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
+	server, err := net.DialTimeout("tcp", target, 5*time.Second)
 	if err != nil {
 		return
 	}
