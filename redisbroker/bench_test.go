@@ -39,20 +39,23 @@ func BenchmarkPublish(b *testing.B) {
 		}
 		reportRedisCPU(b, rs, cpu)
 	})
-	b.Run("parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.SetParallelism(16)
-		cpu := redisCPU(b, rs)
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := node.Publish(ev, "a"); err != nil {
-					b.Error(err)
-					return
+	for _, p := range []int{16, 64} {
+		// p goroutines per CPU publishing at once.
+		b.Run("parallel="+strconv.Itoa(p), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(p)
+			cpu := redisCPU(b, rs)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := node.Publish(ev, "a"); err != nil {
+						b.Error(err)
+						return
+					}
 				}
-			}
+			})
+			reportRedisCPU(b, rs, cpu)
 		})
-		reportRedisCPU(b, rs, cpu)
-	})
+	}
 }
 
 func BenchmarkRawXADD(b *testing.B) {
@@ -98,6 +101,47 @@ func BenchmarkRawXADD(b *testing.B) {
 		})
 		reportRedisCPU(b, rs, cpu)
 	})
+}
+
+// BenchmarkScript runs the publish script alone, with batches of 1 to 128 events per call,
+// pipelined 100 calls at a time, with no process reading the log: what the script costs
+// Redis beside XADD.
+func BenchmarkScript(b *testing.B) {
+	rs := redistest.Start(b)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := redisbroker.Keys("script")
+	if err := redisbroker.PublishScript.Load(ctx, rdb).Err(); err != nil {
+		b.Fatal(err)
+	}
+	for _, batch := range []int{1, 16, 128} {
+		b.Run("batch="+strconv.Itoa(batch), func(b *testing.B) {
+			args := []any{"abcdefgh", 10000, batch}
+			for range batch {
+				args = redisbroker.AppendEvent(args, sse.Event{Type: "tick", Data: strings.Repeat("x", 64)}, []string{"a"})
+			}
+			b.ReportAllocs()
+			cpu := redisCPU(b, rs)
+			pipe := rdb.Pipeline()
+			n, events := 0, 0
+			for events < b.N {
+				redisbroker.PublishScript.EvalSha(ctx, pipe, keys, args...)
+				events += batch
+				if n++; n == 100 {
+					if _, err := pipe.Exec(ctx); err != nil {
+						b.Fatal(err)
+					}
+					n = 0
+				}
+			}
+			if _, err := pipe.Exec(ctx); err != nil && n > 0 {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(events)/float64(b.N), "events/op")
+			reportRedisCPU(b, rs, cpu)
+		})
+	}
 }
 
 // redisCPU returns the CPU time, in seconds, the Redis server has used.

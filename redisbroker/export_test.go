@@ -5,3 +5,9 @@ var (
 	Keys      = keys
 	WithBlock = withBlock
 )
+
+// PublishScript and AppendEvent let the benchmarks run the publish script without a Broker.
+var (
+	PublishScript = publishScript
+	AppendEvent   = appendEvent
+)
