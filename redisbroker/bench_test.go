@@ -163,3 +163,36 @@ func redisCPU(b *testing.B, rs *redistest.Server) float64 {
 func reportRedisCPU(b *testing.B, rs *redistest.Server, before float64) {
 	b.ReportMetric((redisCPU(b, rs)-before)/float64(b.N)*1e6, "redis-µs/op")
 }
+
+// BenchmarkStart measures New on a log of 100,000 events: how long a process that starts
+// takes to read what the log retains before it serves.
+func BenchmarkStart(b *testing.B) {
+	rs := redistest.Start(b)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := redisbroker.Keys("start")
+	const total, batch = 100000, 100
+	args := []any{"abcdefgh", total, batch}
+	for range batch {
+		args = redisbroker.AppendEvent(args, sse.Event{Type: "tick", Data: strings.Repeat("x", 64)}, []string{"a"})
+	}
+	pipe := rdb.Pipeline()
+	for range total / batch {
+		redisbroker.PublishScript.Eval(ctx, pipe, keys, args...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		node, err := redisbroker.New(ctx, rdb, "start", redisbroker.WithMaxLen(total))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got := node.Stats().Published; got != total {
+			b.Fatalf("read %d events, want %d", got, total)
+		}
+		node.Shutdown(ctx)
+	}
+}
