@@ -16,10 +16,10 @@
 // A namespace is two Redis keys with one hash tag, so that both live on one Redis Cluster
 // slot: {namespace}:log, a stream that holds the events of every topic in the order Redis
 // accepted them, and {namespace}:meta, a hash that holds the log's epoch (a random name
-// chosen when the log is begun) and the number of the last event. Publish runs one Lua script
-// that numbers the event and adds it to the log, trimming the log to about [WithMaxLen]
-// entries. Every event's ID is the epoch and its number, as in "k3j9x2a-42", unless the
-// publisher set one: the same ID on every process.
+// chosen when the log is begun) and the number of the last event. A Lua script numbers each
+// event and adds it to the log, trimming the log to about [WithMaxLen] entries; events
+// published at the same time go in one call. Every event's ID is the epoch and its number, as
+// in "k3j9x2a-42", unless the publisher set one: the same ID on every process.
 //
 // # What each process keeps
 //
@@ -28,7 +28,8 @@
 // by [WithBrokerOptions]. New reads what the log retains before it returns, so that a process
 // that starts resumes the IDs Redis still holds without sending MissedType. A client that
 // resumes from an ID another process has served before this one has read it waits for it, a
-// few seconds at most.
+// few seconds at most. Until a namespace's first event ever, there is no log to follow: a
+// client that connects before it is disconnected once when it comes, and receives MissedType.
 //
 // # When Redis loses data or cannot be reached
 //
@@ -36,9 +37,10 @@
 // begins a new epoch; each Broker notices it within about a second, disconnects its clients
 // and serves the new log, and clients that resume from an ID of the old epoch receive
 // MissedType: never a silent gap. The same happens when the log's number goes back (Redis
-// failed over to a replica that had not received the last events). While Redis cannot be reached, Publish returns an error
-// within the publish timeout ([WithPublishTimeout]), open streams stay open with their
-// heartbeats, and each Broker retries; once Redis is back, delivery goes on.
+// failed over to a replica that had not received the last events). While Redis cannot be
+// reached, Publish returns an error within the publish timeout ([WithPublishTimeout]), open
+// streams stay open with their heartbeats, and each Broker retries; once Redis is back,
+// delivery goes on.
 //
 // # Concurrency
 //
@@ -135,8 +137,7 @@ type Broker struct {
 	closed bool // guarded by mu
 }
 
-// maxNamespaceLen bounds a namespace, which every event's entry in Redis does not repeat but
-// every key does.
+// maxNamespaceLen bounds a namespace, which is part of every key.
 const maxNamespaceLen = 256
 
 // New returns the Broker of namespace on client, once it has read what the log of namespace
