@@ -280,10 +280,7 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	} else {
 		frame = ev.appendFields(make([]byte, 0, ev.fieldsSize()+len(idPrefix)+maxLocalPrefix+20+2))
 	}
-	var at int64
-	if b.opts.historyAge > 0 {
-		at = time.Now().UnixNano()
-	}
+	at := b.stamp()
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -361,10 +358,7 @@ func (b *Broker) Append(epoch string, seq uint64, ev Event, topics ...string) er
 		}
 	}
 	frame := wire.appendTo(make([]byte, 0, wire.size()))
-	var at int64
-	if b.opts.historyAge > 0 {
-		at = time.Now().UnixNano()
-	}
+	at := b.stamp()
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -406,6 +400,15 @@ func (b *Broker) restart(epoch string, seq uint64) {
 const maxLocalPrefix = 9
 
 var defaultTopics = []string{""}
+
+// stamp returns the time to keep with an event: now in Unix nanoseconds if the history has an
+// age limit, else 0.
+func (b *Broker) stamp() int64 {
+	if b.opts.historyAge > 0 {
+		return time.Now().UnixNano()
+	}
+	return 0
+}
 
 // id returns the broker's ID for sequence number seq. IDs are cut from a shared buffer, so
 // that assigning one costs no allocation of its own, and an ID the application keeps holds on
