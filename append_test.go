@@ -135,3 +135,35 @@ func TestAppendBreak(t *testing.T) {
 		})
 	}
 }
+
+// What Append refuses or ignores: event 0, an event appended already (the log delivered it
+// twice), and Publish on a Broker that follows a log; and an ID far ahead of the log is
+// unknown at once, without waiting.
+func TestAppendEdges(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		nd := newNode(t, m)
+		if err := nd.b.Append("e1", 0, Event{Data: "0"}); err == nil {
+			t.Errorf("Append of event 0 = nil, want an error")
+		}
+		appendAll(t, "e1", 1, 3, nd)
+		ts := nd.open(t, "/", "e1-1")
+		ts.expect("2", "3")
+		appendAll(t, "e1", 2, 4, nd) // 2 and 3 again, then 4
+		ts.expect("4")
+		if st := nd.b.Stats(); st.Published != 4 {
+			t.Errorf("Published = %d, want 4", st.Published)
+		}
+		if _, err := nd.b.Publish(Event{Data: "local"}); err == nil {
+			t.Errorf("Publish on a broker that follows a log = nil, want an error")
+		}
+
+		start := time.Now()
+		far := nd.open(t, "/", "e1-"+strconv.Itoa(5+maxAhead))
+		if ev := far.next(); ev.Type != MissedType {
+			t.Errorf("resuming from far ahead: got %+v, want %s", ev, MissedType)
+		}
+		if d := time.Since(start); d >= aheadWait {
+			t.Errorf("resuming from far ahead took %v, want no wait", d)
+		}
+	})
+}

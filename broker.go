@@ -59,7 +59,7 @@ type options struct {
 
 // WithHistory sets how many events each topic keeps, 1024 if n is not positive. The history
 // is what reconnecting clients replay, and also how far a client may fall behind before it is
-// disconnected.
+// disconnected (as is the memory budget; see WithHistoryMemory).
 func WithHistory(n int) Option {
 	return func(o *options) {
 		if n > 0 {
@@ -78,8 +78,8 @@ func WithHistoryAge(d time.Duration) Option {
 // by default (when n is zero); a negative n sets no limit. Over it, the oldest events of all
 // topics are dropped first, so that the history covers the same span of time for every topic
 // as far as it can. An event published to several topics counts once. What is counted is the
-// events as they go on the wire and the chunks that hold them; the package documentation
-// says what else each topic and client takes.
+// events as they go on the wire and the chunks of eight that hold them, at least one for each
+// topic; the package documentation says what else each topic and client takes.
 func WithHistoryMemory(n int64) Option {
 	return func(o *options) {
 		if n != 0 {
@@ -127,7 +127,8 @@ func WithWriteTimeout(d time.Duration) Option {
 // long it lasted and how many events it was sent, with the request's context. A client that
 // left, or a stream that Shutdown ended, is logged at level Debug; a client disconnected for
 // being too slow, or turned away over the client limit, at Warn. By default, and when l is nil,
-// nothing is logged; nothing is built for a level l does not log. ServeEvents returns the same
+// nothing is logged; nothing is built for a level l does not log. A client disconnected because
+// the log the broker follows broke (ErrEventsLost) is logged at Warn too. ServeEvents returns the same
 // reason, for handlers that log with their own request's details.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
@@ -163,7 +164,8 @@ type Broker struct {
 	following bool
 	base      uint64
 	floor     uint64
-	caughtUp  chan struct{} // made for resumes waiting for Append, closed by the next Append
+	caughtUp  chan struct{} // made for resumes waiting for Append, closed once seq reaches awaited
+	awaited   uint64        // the lowest sequence number a resume waits for
 
 	ids       strings.Builder // holds the IDs the broker assigns; see id
 	topics    map[string]*topic
@@ -187,6 +189,7 @@ type Broker struct {
 // grow memory without bound.
 const maxUnreadTopics = 1024
 
+// A group is the clients subscribed to the same set of topics. They share one wake-up
 // channel, so that Publish does work per group, not per client.
 type group struct {
 	// Guarded by Broker.mu.
@@ -280,15 +283,15 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	} else {
 		frame = ev.appendFields(make([]byte, 0, ev.fieldsSize()+len(idPrefix)+maxLocalPrefix+20+2))
 	}
-	var at int64
-	if b.opts.historyAge > 0 {
-		at = time.Now().UnixNano()
-	}
+	at := b.stamp()
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return "", ErrClosed
+	}
+	if b.following {
+		return "", errFollowing
 	}
 	b.seq++
 	if id == "" {
@@ -300,6 +303,8 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics)
 	return id, nil
 }
+
+var errFollowing = errors.New("sse: Publish on a broker that follows a log: publish to the log")
 
 // add puts e in the history of topics, once in each, and wakes their clients. b.mu must be held.
 func (b *Broker) add(e entry, topics []string) {
@@ -338,7 +343,8 @@ func (b *Broker) add(e entry, topics []string) {
 //
 // If ev.ID is empty, the event's ID is epoch+"-"+seq (seq in decimal), the same on every
 // Broker that follows the log. Call Append with every event of the log, in order, from one
-// goroutine. When seq does not follow the last one appended in the same epoch (events were
+// goroutine, numbered from 1; an event appended already (a seq not above the last one of the
+// same epoch) is ignored. When seq skips ahead of the last one appended in the same epoch (events were
 // lost to this Broker), when the epoch changes (the log was lost and begun anew), and on the
 // first Append, the Broker drops its history and disconnects every client (ServeEvents
 // returns ErrEventsLost), so that they resume; resuming from an ID from before the break
@@ -353,35 +359,41 @@ func (b *Broker) Append(epoch string, seq uint64, ev Event, topics ...string) er
 	if len(topics) == 0 {
 		topics = defaultTopics
 	}
+	if seq == 0 {
+		return errSeqZero
+	}
 	wire := ev
 	if wire.ID == "" {
 		wire.ID = epoch + "-" + strconv.FormatUint(seq, 10)
 		if err := validateID(wire.ID); err != nil {
-			return fmt.Errorf("sse: epoch %q makes an invalid ID: %w", epoch, err)
+			return err
 		}
 	}
 	frame := wire.appendTo(make([]byte, 0, wire.size()))
-	var at int64
-	if b.opts.historyAge > 0 {
-		at = time.Now().UnixNano()
-	}
+	at := b.stamp()
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return ErrClosed
 	}
-	if !b.following || b.prefix != epoch+"-" || seq != b.seq-b.base+1 {
+	sameEpoch := b.following && b.prefix == epoch+"-"
+	if sameEpoch && seq <= b.seq-b.base {
+		return nil // appended already
+	}
+	if !sameEpoch || seq != b.seq-b.base+1 {
 		b.restart(epoch, seq)
 	}
 	b.seq++
 	b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics)
-	if b.caughtUp != nil {
+	if b.caughtUp != nil && b.seq >= b.awaited {
 		close(b.caughtUp)
 		b.caughtUp = nil
 	}
 	return nil
 }
+
+var errSeqZero = errors.New("sse: Append of event 0: a log's events are numbered from 1")
 
 // restart makes the broker follow epoch from seq on: it drops what it holds, which came
 // before a break in the log, and disconnects every client. b.mu must be held.
@@ -400,12 +412,25 @@ func (b *Broker) restart(epoch string, seq uint64) {
 	for _, g := range b.groups {
 		g.wakeUp()
 	}
+	if b.caughtUp != nil {
+		close(b.caughtUp) // what they wait for is from before the break
+		b.caughtUp = nil
+	}
 }
 
 // maxLocalPrefix is the longest prefix newIDPrefix returns.
 const maxLocalPrefix = 9
 
 var defaultTopics = []string{""}
+
+// stamp returns the time to keep with an event: now in Unix nanoseconds if the history has an
+// age limit, else 0.
+func (b *Broker) stamp() int64 {
+	if b.opts.historyAge > 0 {
+		return time.Now().UnixNano()
+	}
+	return 0
+}
 
 // id returns the broker's ID for sequence number seq. IDs are cut from a shared buffer, so
 // that assigning one costs no allocation of its own, and an ID the application keeps holds on
@@ -527,7 +552,8 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // ServeEvents streams the events published to topics (the default topic if none is given) to
 // the client of r, until the client goes away, falls too far behind, or the broker shuts down,
 // and returns why: nil if the client went away, ErrSlowClient if it was disconnected for being
-// too slow, ErrClosed if the broker shut down, ErrTooManyClients if it turned the client away.
+// too slow, ErrClosed if the broker shut down, ErrTooManyClients if it turned the client away,
+// ErrEventsLost if the log the broker follows broke (see Append).
 // Call it from a handler that chooses the topics per request; refuse a request before calling
 // it with an ordinary error response.
 //
@@ -581,6 +607,9 @@ type aheadError struct{ caughtUp <-chan struct{} }
 
 func (*aheadError) Error() string { return "sse: resuming from an event not yet appended" }
 
+// maxAhead is how far ahead of the last event appended a resume may be and wait for Append.
+const maxAhead = 1 << 16
+
 // aheadWait is how long a client resuming from an ID that Append has not reached waits for it;
 // tests shorten it.
 var aheadWait = 5 * time.Second
@@ -614,14 +643,17 @@ func (b *Broker) joinWaiting(ctx context.Context, names []string, lastID string)
 // stream writes the client's events until its stream ends, and returns why, as ServeEvents.
 func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start string, missed bool) error {
 	if err := s.write(preamble(b.opts.retry, start, missed)); err != nil {
-		return writeError(err)
+		return b.writeError(err)
 	}
 	closing := false
 	for {
+		frames, wake, lost := c.next(b)
+		// Append counts a break before it adds the first event after it: a client that
+		// read that event sees the break too, and does not skip what was lost.
 		if b.breaks.Load() != c.breaks {
+			clear(frames)
 			return ErrEventsLost
 		}
-		frames, wake, lost := c.next(b)
 		if lost {
 			b.stats.slow.Add(1)
 			return ErrSlowClient
@@ -630,10 +662,7 @@ func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start st
 			err := s.write(frames...)
 			clear(frames) // let the history drop them
 			if err != nil {
-				if err = writeError(err); err != nil {
-					b.stats.slow.Add(1)
-				}
-				return err
+				return b.writeError(err)
 			}
 			b.stats.delivered.Add(int64(len(frames)))
 			c.sent += len(frames)
@@ -654,7 +683,7 @@ func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start st
 			c.beats = n
 			if c.idle {
 				if err := s.write(heartbeat); err != nil {
-					return writeError(err)
+					return b.writeError(err)
 				}
 			}
 			c.idle = true
@@ -667,8 +696,9 @@ func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start st
 
 // writeError returns why a failed write ends a stream: the client was too slow if the write
 // timed out, and otherwise it went away (nil).
-func writeError(err error) error {
+func (b *Broker) writeError(err error) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
+		b.stats.slow.Add(1)
 		return fmt.Errorf("%w: write timed out: %w", ErrSlowClient, err)
 	}
 	return nil
@@ -839,9 +869,12 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 		return nil, "", false, ErrTooManyClients
 	}
 	if wait && lastID != "" {
-		if _, _, ahead := b.lookup(lastID); ahead {
-			if b.caughtUp == nil {
-				b.caughtUp = make(chan struct{})
+		if seq, _, ahead := b.lookup(lastID); ahead {
+			if b.caughtUp == nil || seq < b.awaited {
+				if b.caughtUp != nil {
+					close(b.caughtUp) // its waiters wait again, for the new awaited
+				}
+				b.caughtUp, b.awaited = make(chan struct{}), seq
 			}
 			return nil, "", false, &aheadError{b.caughtUp}
 		}
@@ -886,6 +919,7 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 		for _, t := range g.topics {
 			b.hist.dropOlder(t, cutoff)
 		}
+		clear(b.hist.emptied)
 		b.hist.emptied = b.hist.emptied[:0] // the client reads them
 	}
 	seq, known, _ := b.lookup(lastID)
@@ -914,7 +948,8 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 
 // lookup returns the sequence number of the event with the given ID, or 0 and false if the
 // broker cannot resume from it: it assigned no such ID, or no event held has it. ahead
-// reports an ID of the log the broker follows that Append has not reached yet.
+// reports an ID of the log the broker follows that Append has not reached yet, up to maxAhead
+// events ahead, with the sequence number it will have.
 func (b *Broker) lookup(id string) (seq uint64, ok, ahead bool) {
 	if s, found := strings.CutPrefix(id, b.prefix); found {
 		n, err := strconv.ParseUint(s, 10, 64)
@@ -924,7 +959,11 @@ func (b *Broker) lookup(id string) (seq uint64, ok, ahead bool) {
 		// In the log's numbers: what the broker can resume from (see Broker.floor).
 		first, last := b.floor-b.base, b.seq-b.base
 		if n > last {
-			return 0, false, b.following
+			// An ID far ahead was not given by a Broker following the same log.
+			if b.following && n-last <= maxAhead {
+				return n + b.base, false, true
+			}
+			return 0, false, false
 		}
 		if n < first {
 			return 0, false, false
@@ -1034,7 +1073,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 // expvar.Func or a status page.
 type Stats struct {
 	Clients         int64 // streams open now
-	Published       int64 // events Publish accepted
+	Published       int64 // events Publish (or Append) accepted
 	Delivered       int64 // events written to clients, once per client
 	SlowDisconnects int64 // clients disconnected for falling behind the history or stalling a write
 	Replays         int64 // streams that resumed from a known Last-Event-ID

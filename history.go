@@ -31,8 +31,8 @@ type topic struct {
 }
 
 // chunkSize is how many events a chunk holds: Publish allocates one chunk every chunkSize
-// events. A chunk goes once the tail is past its end, so a topic keeps up to chunkSize-1
-// events in memory that it no longer holds (and a client stalled in a write, its chunk).
+// events. A chunk goes once the tail is past its end, so a topic keeps up to chunkSize events
+// in memory that it no longer holds (and a client stalled in a write, its chunk).
 const chunkSize = 8
 
 // A chunk holds chunkSize consecutive events of a topic. Publish writes each entry, and next,

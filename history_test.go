@@ -110,7 +110,7 @@ func TestHistoryMemoryHeap(t *testing.T) {
 // dropped from the chunk its tail is in, which go with the chunk. The package documentation
 // gives the same figure.
 func perTopicBytes(eventSize int) int {
-	return 1024 + 2*int(chunkBytes) + (chunkSize-1)*(eventSize+64)
+	return 1024 + 2*int(chunkBytes) + chunkSize*(eventSize+64)
 }
 
 // perClientBytes is what a client that keeps up takes, beside its connection: its cursors,

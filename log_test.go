@@ -135,6 +135,19 @@ func TestStreamEnds(t *testing.T) {
 			check(t, ends, log, ErrSlowClient, slog.LevelWarn, "fell behind the history", 1, "")
 		})
 	})
+	t.Run("events lost", func(t *testing.T) {
+		run(t, func(t *testing.T, m mode) {
+			log := &records{}
+			b := NewBroker(WithLogger(slog.New(log)))
+			s, ends := endServer(t, m, b, unwrapped)
+			b.Append("e1", 1, Event{Data: "1"})
+			ts := s.openN(t, "/", 1)
+			b.Append("e1", 2, Event{Data: "2"})
+			ts.expect("2")
+			b.Append("e1", 5, Event{Data: "5"}) // 3 and 4 were lost
+			check(t, ends, log, ErrEventsLost, slog.LevelWarn, "events lost upstream", 1, "")
+		})
+	})
 	t.Run("write timeout", func(t *testing.T) {
 		run(t, func(t *testing.T, m mode) {
 			log := &records{}

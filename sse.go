@@ -79,8 +79,9 @@
 //
 // Memory is bounded whatever the clients do. The history takes at most its budget
 // ([WithHistoryMemory]): every event once, as it goes on the wire, however many topics hold
-// it, and the chunks of eight events that hold them. Beside it, each topic takes about 1 KiB,
-// and up to seven events that it dropped but that share a chunk with events it holds; each
+// it, and the chunks of eight events that hold them (at least one for each topic). Beside it,
+// each topic takes about 1 KiB, and up to eight events that it dropped but that share a chunk
+// with the events it holds; each
 // client takes under 1 KiB beside its connection (net/http's buffers, a few KiB), and a
 // client stalled in a write holds on to the chunk it is writing from until the write times
 // out. A topic that no client reads and whose events have all gone is forgotten.
@@ -96,9 +97,11 @@
 //
 // [Broker.ServeEvents] returns why a stream ended: nil when the client went away,
 // [ErrSlowClient] when it was disconnected for falling behind or stalling a write, [ErrClosed]
-// at shutdown, [ErrTooManyClients] when it was turned away. With [WithLogger], the broker
+// at shutdown, [ErrTooManyClients] when it was turned away, [ErrEventsLost] when the log the
+// broker follows broke ([Broker.Append]). With [WithLogger], the broker
 // also logs each end with its reason, topics, duration and number of events: a client leaving
-// or a shutdown at level Debug, a slow or refused client at Warn.
+// or a shutdown at level Debug, a slow or refused client, or one cut by a break in the log, at
+// Warn.
 //
 //	b := sse.NewBroker(sse.WithLogger(slog.Default()))
 //

@@ -33,8 +33,11 @@ func NewStream(w http.ResponseWriter, r *http.Request) (*Stream, error) {
 }
 
 // SetWriteTimeout sets how long each later Send or Comment may take before it fails, 10s
-// by default; zero or less means no limit. The deadline covers one write only, so a stream
-// may stay open for any time between them, whatever the server's WriteTimeout.
+// by default; zero or less means no limit. The deadline covers one write only and is cleared
+// after it, so a stream may stay open for any time between writes, whatever the server's
+// WriteTimeout, and the handler may return long after its last Send. What net/http writes once
+// the handler has returned (the end of the body) then has no deadline: it is a few bytes,
+// which wait only if the client stopped reading while the connection's buffers were full.
 func (s *Stream) SetWriteTimeout(d time.Duration) {
 	s.fw.timeout = d
 }
