@@ -34,7 +34,7 @@
 // # When Redis loses data or cannot be reached
 //
 // If Redis loses the log (it restarted without persistence, or was flushed), the next Publish
-// begins a new epoch; each Broker notices it within about a second, disconnects its clients
+// begins a new epoch; each Broker notices it within two seconds, disconnects its clients
 // and serves the new log, and clients that resume from an ID of the old epoch receive
 // MissedType: never a silent gap. The same happens when the log's number goes back (Redis
 // failed over to a replica that had not received the last events). While Redis cannot be
