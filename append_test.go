@@ -167,3 +167,27 @@ func TestAppendEdges(t *testing.T) {
 		}
 	})
 }
+
+// A Broker that follows a log from a position, with no event, gives its clients IDs of the
+// log, and the log's next event reaches them as any other.
+func TestFollow(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		nd := newNode(t, m)
+		if err := nd.b.Follow("e1", 0); err != nil {
+			t.Fatal(err)
+		}
+		ts := nd.openN(t, "/", 1)
+		appendAll(t, "e1", 1, 2, nd)
+		evs := ts.expect("1", "2")
+		if evs[0].LastEventID != "e1-1" {
+			t.Errorf("ID %q, want e1-1", evs[0].LastEventID)
+		}
+		if err := nd.b.Follow("e1", 1); err != nil { // behind: nothing changes
+			t.Fatal(err)
+		}
+		appendAll(t, "e1", 3, 3, nd)
+		ts.expect("3")
+		ts.close()
+		nd.open(t, "/", "e1-0").expect("1", "2", "3")
+	})
+}

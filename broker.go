@@ -395,6 +395,28 @@ func (b *Broker) Append(epoch string, seq uint64, ev Event, topics ...string) er
 
 var errSeqZero = errors.New("sse: Append of event 0: a log's events are numbered from 1")
 
+// Follow makes the Broker follow the log called epoch from after its event seq (0 for a log
+// with no events yet), holding nothing of it: for a module whose Broker starts on a log that
+// has nothing to append, so that its first clients get IDs of the log, and the log's next
+// event, seq+1, reaches them rather than being taken for a break. If the Broker follows epoch
+// at seq or later already, Follow does nothing; otherwise it drops the history and
+// disconnects every client, as a break does (see Append).
+func (b *Broker) Follow(epoch string, seq uint64) error {
+	if err := validateID(epoch + "-0"); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if b.following && b.prefix == epoch+"-" && seq <= b.seq-b.base {
+		return nil
+	}
+	b.restart(epoch, seq+1)
+	return nil
+}
+
 // restart makes the broker follow epoch from seq on: it drops what it holds, which came
 // before a break in the log, and disconnects every client. b.mu must be held.
 func (b *Broker) restart(epoch string, seq uint64) {

@@ -151,6 +151,28 @@ func TestFanOutAcrossNodes(t *testing.T) {
 // exactly the events after X, then the live ones, while events are being published; the same
 // from the ID a stream started with, and from the lastEventId query parameter. And the same ID
 // replays the same events on every node.
+// The first clients of a namespace with no events yet get IDs of the log: its first event
+// reaches them as any other, without disconnecting them, and resumes on another node.
+func TestFirstEventOfALog(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	a := startNode(t, rs.Addr(), "fresh")
+	b := startNode(t, rs.Addr(), "fresh")
+	s := a.open("", false)
+	start := s.startID()
+	s = b.open("", false)
+	if id := s.startID(); id != start {
+		t.Errorf("start IDs %q and %q, want the same on both nodes", start, id)
+	}
+	s = a.open("", false)
+	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
+	first := a.publish("first")
+	if ev := s.next(); ev.Type != "message" || ev.Data != "first" || ev.LastEventID != first {
+		t.Errorf("first event: got %+v, want data first, ID %q", ev, first)
+	}
+	b.open(start, false).expect("first")
+}
+
 func TestResumeOnAnotherNode(t *testing.T) {
 	t.Parallel()
 	rs := redistest.Start(t)

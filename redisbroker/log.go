@@ -42,6 +42,19 @@ end
 return {epoch, last}
 `)
 
+// beginScript returns where the log is, beginning it if it has no epoch: for a reader that
+// found no entries to start from. KEYS: meta, log. ARGV: an epoch for a log that begins. It
+// returns {epoch, the number of the last event, how many entries the log holds}.
+var beginScript = redis.NewScript(`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+	epoch = ARGV[1]
+	redis.call('DEL', KEYS[2])
+	redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+return {epoch, tonumber(redis.call('HGET', KEYS[1], 'seq')), redis.call('XLEN', KEYS[2])}
+`)
+
 // renewScript begins a new epoch in place of one whose numbers went back. KEYS: meta, log.
 // ARGV: the epoch that went back, a new one. It returns the epoch now current: the new one, or
 // one that another reader began first.

@@ -84,11 +84,38 @@ func (r *reader) catchUp(ctx context.Context) error {
 	if _, err := r.checkEpoch(ctx, cmd); err != nil {
 		return err
 	}
-	for {
+	for begun := 0; ; {
 		n, err := r.read(ctx, cmd, -1)
-		if err != nil || n == 0 {
+		if err != nil {
 			return err
 		}
+		if n > 0 {
+			continue
+		}
+		if r.seq > 0 || begun == 3 {
+			return nil // (after three tries, its first event disconnects the first clients)
+		}
+		begun++
+		// Nothing to append: follow the log from where its numbers are (beginning it if need
+		// be), so that the first clients get IDs of the log, which its first event does not
+		// break. If entries came meanwhile, read them instead.
+		res, err := beginScript.Run(ctx, cmd, []string{r.meta, r.log}, newEpoch()).Slice()
+		if err != nil {
+			return err
+		}
+		epoch, _ := res[0].(string)
+		seq, _ := res[1].(int64)
+		if held, _ := res[2].(int64); held > 0 || epoch == "" {
+			if epoch != r.epoch {
+				r.follow(epoch)
+			}
+			continue
+		}
+		if epoch != r.epoch {
+			r.follow(epoch)
+		}
+		r.seq = uint64(seq)
+		return r.core.Follow(epoch, r.seq)
 	}
 }
 
