@@ -1,0 +1,452 @@
+package sse
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"iter"
+	"math"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// ErrEventTooLarge is wrapped by the error Next (and Read, and Client.Events) returns when a
+// stream holds an event, or a line, larger than the Decoder's MaxEventSize.
+var ErrEventTooLarge = errors.New("sse: event too large")
+
+// defaultMaxEventSize is the MaxEventSize of a Decoder that sets none.
+const defaultMaxEventSize = 4 << 20
+
+// Decoder reads events from a text/event-stream, exactly as WHATWG HTML §9.2.6 "Interpreting
+// an event stream" describes and browsers' EventSource does. It does its own buffering, so it
+// may read more from its reader than the events it has returned. Decoder is not safe for
+// concurrent use.
+type Decoder struct {
+	// MaxEventSize bounds the memory a stream can make the Decoder hold: the bytes of the lines
+	// of one event (comments aside), and of any one line. A stream that exceeds it makes Next
+	// return an error wrapping ErrEventTooLarge. Zero means 4 MiB. Set it before the first
+	// call to Next.
+	MaxEventSize int
+
+	r   io.Reader
+	buf []byte
+	// buf[start:end] is read but not yet decoded. buf[start:noLF] holds no LF and
+	// buf[start:noCR] no CR, so that each line costs one search, not a search of the rest of
+	// the buffer for the line break it does not end with.
+	start, end, noLF, noCR int
+	err                    error // the error that ended reading, returned once buf is decoded
+	started                bool  // the optional leading BOM has been looked for
+	afterCR                bool  // the last line ended with CR, so that an LF next ends nothing
+
+	// The buffers of WHATWG HTML §9.2.6, kept as bytes until an event is dispatched.
+	// The data buffer is data, its lines joined by LF, or, while the block has one data line
+	// and the buffer still holds it, pend: a single line is not copied twice.
+	hasData    bool          // the data buffer is not empty
+	pend       []byte        // the data buffer's one line, in buf, if pending
+	data       []byte        // the data buffer, without its final LF, unless pending
+	typ        []byte        // the event type buffer
+	id         []byte        // the last event ID buffer
+	size       int           // the bytes of the current block's lines, comments aside
+	blockRetry time.Duration // the reconnection time a retry field set in the current block, or -1
+	retry      time.Duration // the stream's reconnection time, or -1 until a retry field sets it
+
+	lastID   string // the last event ID string
+	lastType string // the Type of the last event, reused by the next one if it is the same
+}
+
+// NewDecoder returns a Decoder that reads from r.
+func NewDecoder(r io.Reader) *Decoder {
+	return &Decoder{r: r, blockRetry: -1, retry: -1}
+}
+
+// LastEventID returns the last event ID string now in effect: the value of the last id field
+// of a block the stream has ended, whether or not that block dispatched an event. It is what a
+// client sends as Last-Event-ID when it reconnects.
+func (d *Decoder) LastEventID() string { return d.lastID }
+
+// Next returns the next event the stream dispatches.
+//
+// The event's ID is the last event ID in effect when it was dispatched (EventSource's
+// lastEventId), its Type is "" if the stream named none (EventSource's "message"), and its
+// Retry is the reconnection time a retry field set in its block, or zero. Line breaks in the
+// data arrive as LF; invalid UTF-8 is replaced by U+FFFD, as a browser does. A block that
+// dispatches no event (no data field) still sets the last event ID.
+//
+// Next returns io.EOF when the stream ends between events. When it ends inside an event or a
+// line, that event is discarded, as the spec requires, and Next returns io.ErrUnexpectedEOF.
+// Any other error is the reader's, or wraps ErrEventTooLarge. Once Next has returned an error,
+// it returns the same error again.
+func (d *Decoder) Next() (Event, error) {
+	for {
+		if d.start == d.end && d.err != nil {
+			return Event{}, d.fail()
+		}
+		if !d.started && !d.skipBOM() {
+			d.fill()
+			continue
+		}
+		if d.afterCR && d.start < d.end {
+			// WHATWG HTML §9.2.6: CRLF is one line break, even when the LF comes in a later read.
+			d.afterCR = false
+			if d.buf[d.start] == '\n' {
+				d.start++
+				continue
+			}
+		}
+		i := d.eol()
+		if i < 0 {
+			if d.err != nil {
+				return Event{}, d.fail()
+			}
+			if err := d.checkPartial(); err != nil {
+				return Event{}, err
+			}
+			d.fill()
+			continue
+		}
+		line := d.buf[d.start:i]
+		// WHATWG HTML §9.2.6: a lone CR ends a line at once; the LF of a CRLF is skipped above.
+		d.afterCR = d.buf[i] == '\r'
+		d.start = i + 1
+		if len(line) == 0 {
+			if ev, ok := d.dispatch(); ok {
+				return ev, nil
+			}
+			continue
+		}
+		if err := d.field(line); err != nil {
+			return Event{}, err
+		}
+	}
+}
+
+var bom = []byte("\xef\xbb\xbf")
+
+// skipBOM skips one leading byte order mark (WHATWG HTML §9.2.6: the stream is decoded with
+// "UTF-8 decode", which strips one). It reports false if it needs more bytes to tell.
+func (d *Decoder) skipBOM() bool {
+	b := d.buf[d.start:d.end]
+	if len(b) < len(bom) && bytes.HasPrefix(bom, b) && d.err == nil {
+		return false
+	}
+	d.started = true
+	if bytes.HasPrefix(b, bom) {
+		d.start += len(bom)
+	}
+	return true
+}
+
+// eol returns the index in buf of the first CR or LF in buf[start:end], or -1.
+func (d *Decoder) eol() int {
+	// IndexByte, which is much faster than IndexAny, finds each of the two.
+	lf := d.index('\n', &d.noLF)
+	cr := d.index('\r', &d.noCR)
+	if i := min(lf, cr); i < d.end {
+		return i
+	}
+	return -1
+}
+
+// index returns the index in buf of the first c in buf[start:end], or end. *none is where
+// the previous search stopped, past bytes that are not c.
+func (d *Decoder) index(c byte, none *int) int {
+	from := max(d.start, *none)
+	if from == d.end {
+		return d.end
+	}
+	i := bytes.IndexByte(d.buf[from:d.end], c)
+	if i < 0 {
+		*none = d.end
+		return d.end
+	}
+	*none = from + i
+	return from + i
+}
+
+// checkPartial returns an error if the line read so far makes the event too large.
+func (d *Decoder) checkPartial() error {
+	n := d.end - d.start
+	if n > 0 && d.buf[d.start] != ':' {
+		n += d.size // a comment is not part of the event
+	}
+	if n > d.max() {
+		return d.tooLarge()
+	}
+	return nil
+}
+
+func (d *Decoder) max() int {
+	if d.MaxEventSize > 0 {
+		return d.MaxEventSize
+	}
+	return defaultMaxEventSize
+}
+
+func (d *Decoder) tooLarge() error {
+	d.err = &tooLargeError{d.max()}
+	d.start, d.end = 0, 0
+	return d.err
+}
+
+// tooLargeError wraps ErrEventTooLarge, saying what the limit was.
+type tooLargeError struct{ max int }
+
+func (e *tooLargeError) Error() string {
+	return ErrEventTooLarge.Error() + ": over " + strconv.Itoa(e.max) + " bytes"
+}
+
+func (e *tooLargeError) Unwrap() error { return ErrEventTooLarge }
+
+// minRead is the least free space fill reads into.
+const minRead = 4 << 10
+
+// fill reads more of the stream into buf, making room first.
+func (d *Decoder) fill() {
+	if d.pend != nil {
+		// The line is about to be overwritten.
+		d.data = append(d.data[:0], d.pend...)
+		d.pend = nil
+	}
+	if d.start == d.end {
+		d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
+	}
+	if len(d.buf)-d.end < minRead {
+		buf := d.buf
+		if d.start == 0 || d.end-d.start > len(d.buf)/2 {
+			buf = make([]byte, max(2*len(d.buf), 4*minRead))
+		} // else move the partial line to the front rather than grow
+		n := copy(buf, d.buf[d.start:d.end])
+		d.noLF -= d.start
+		d.noCR -= d.start
+		d.buf, d.start, d.end = buf, 0, n
+	}
+	// io.Reader allows reading nothing and no error; bufio.Reader gives up after 100 of those.
+	for range 100 {
+		n, err := d.r.Read(d.buf[d.end:])
+		if n < 0 || n > len(d.buf)-d.end {
+			d.err = errors.New("sse: reader returned an invalid count")
+			return
+		}
+		d.end += n
+		if err != nil {
+			d.err = err
+			return
+		}
+		if n > 0 {
+			return
+		}
+	}
+	d.err = io.ErrNoProgress
+}
+
+// fail turns the error that ended reading into Next's: an end of stream inside an event or a
+// line is unexpected. It discards what is pending, as WHATWG HTML §9.2.6 does at the end.
+func (d *Decoder) fail() error {
+	if d.err == io.EOF && (d.start < d.end || d.size > 0) {
+		d.err = io.ErrUnexpectedEOF
+	}
+	d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
+	d.hasData, d.pend, d.data, d.typ, d.size = false, nil, d.data[:0], d.typ[:0], 0
+	return d.err
+}
+
+// field processes one line that is not blank: a comment or a field.
+func (d *Decoder) field(line []byte) error {
+	if line[0] == ':' {
+		if len(line) > d.max() {
+			return d.tooLarge()
+		}
+		return nil
+	}
+	if d.size += len(line) + 1; d.size > d.max() {
+		return d.tooLarge()
+	}
+	name, value := fieldName(line)
+	// The names are compared as bytes, which is the same as comparing the decoded text: they
+	// are ASCII, and no invalid UTF-8 sequence decodes to ASCII.
+	switch name {
+	case "data":
+		switch {
+		case !d.hasData:
+			d.hasData, d.pend = true, value
+		case d.pend != nil:
+			d.data = append(d.data[:0], d.pend...)
+			d.pend = nil
+			fallthrough
+		default:
+			d.data = append(d.data, '\n')
+			d.data = append(d.data, value...)
+		}
+	case "event":
+		d.typ = append(d.typ[:0], value...)
+	case "id":
+		if bytes.IndexByte(value, 0) < 0 {
+			d.id = append(d.id[:0], value...)
+		}
+	case "retry":
+		if ms, ok := parseRetry(value); ok {
+			d.retry, d.blockRetry = ms, ms
+		}
+	}
+	return nil
+}
+
+// fieldName splits a line that is not a comment into the name of the field, if it is one of
+// the four the spec knows ("" if not), and the value, without the one space that may follow the
+// colon.
+func fieldName(line []byte) (name string, value []byte) {
+	// Every field name is told by its first byte, which spares searching for the colon.
+	switch line[0] {
+	case 'd':
+		name = "data"
+	case 'e':
+		name = "event"
+	case 'i':
+		name = "id"
+	case 'r':
+		name = "retry"
+	default:
+		return "", nil
+	}
+	n := len(name)
+	if len(line) < n || string(line[:n]) != name || len(line) > n && line[n] != ':' {
+		return "", nil
+	}
+	value = line[min(n+1, len(line)):]
+	if len(value) > 0 && value[0] == ' ' {
+		value = value[1:]
+	}
+	return name, value
+}
+
+// parseRetry parses a retry field's value: ASCII digits only, a number of milliseconds.
+func parseRetry(b []byte) (time.Duration, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	var ms uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if ms <= math.MaxInt64/uint64(time.Millisecond) {
+			ms = ms*10 + uint64(c-'0')
+		}
+	}
+	if ms > math.MaxInt64/uint64(time.Millisecond) {
+		// More than a Duration holds: still a valid, if endless, reconnection time.
+		return math.MaxInt64, true
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+// dispatch runs "dispatch the event" at a blank line, and reports whether it made one.
+func (d *Decoder) dispatch() (Event, bool) {
+	d.size = 0
+	// The last event ID buffer is not reset, so that a later event without an id keeps it.
+	if string(d.id) != d.lastID {
+		d.lastID = decodeUTF8(d.id)
+	}
+	retry := d.blockRetry
+	d.blockRetry = -1
+	if !d.hasData {
+		// No data: no event, but the type buffer is reset all the same.
+		d.typ = d.typ[:0]
+		return Event{}, false
+	}
+	data := d.data
+	if d.pend != nil {
+		data = d.pend
+	}
+	ev := Event{ID: d.lastID, Data: decodeUTF8(data), Retry: max(retry, 0)}
+	if len(d.typ) > 0 {
+		if string(d.typ) != d.lastType {
+			d.lastType = decodeUTF8(d.typ)
+		}
+		ev.Type = d.lastType
+	}
+	d.hasData, d.pend, d.data, d.typ = false, nil, d.data[:0], d.typ[:0]
+	if cap(d.data) > maxKeptBuffer {
+		d.data = nil // do not pin one large event's buffer for the life of the stream
+	}
+	return ev, true
+}
+
+// decodeUTF8 decodes b as the WHATWG Encoding standard's "UTF-8 decode" does: each maximal
+// subpart of an invalid sequence becomes one U+FFFD. (Go's own conversions replace each
+// invalid byte instead.) Decoding each value alone is the same as decoding the whole stream:
+// an ASCII line break ends any sequence either way.
+func decodeUTF8(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	s := make([]byte, 0, len(b)+len(b)/2)
+	for i := 0; i < len(b); {
+		c := b[i]
+		if c < utf8.RuneSelf {
+			s = append(s, c)
+			i++
+			continue
+		}
+		if r, n := utf8.DecodeRune(b[i:]); r != utf8.RuneError || n > 1 {
+			s = append(s, b[i:i+n]...)
+			i += n
+			continue
+		}
+		// An invalid sequence: skip the lead byte and the continuation bytes that fit it.
+		s = utf8.AppendRune(s, utf8.RuneError)
+		i += invalidLen(b[i:])
+	}
+	return string(s)
+}
+
+// invalidLen returns the length of the maximal subpart of an ill-formed sequence at the start
+// of b: the lead byte and those continuation bytes that a well-formed sequence could have had.
+func invalidLen(b []byte) int {
+	lo, hi, need := byte(0x80), byte(0xbf), 0
+	switch c := b[0]; {
+	case 0xc2 <= c && c <= 0xdf:
+		need = 1
+	case c == 0xe0:
+		lo, need = 0xa0, 2
+	case c == 0xed:
+		hi, need = 0x9f, 2
+	case 0xe1 <= c && c <= 0xef:
+		need = 2
+	case c == 0xf0:
+		lo, need = 0x90, 3
+	case c == 0xf4:
+		hi, need = 0x8f, 3
+	case 0xf1 <= c && c <= 0xf3:
+		need = 3
+	}
+	n := 1
+	for ; n <= need && n < len(b) && lo <= b[n] && b[n] <= hi; n++ {
+		lo, hi = 0x80, 0xbf
+	}
+	return n
+}
+
+// Read returns an iterator over the events of the stream r, decoded by a Decoder: for a
+// response read once, such as an LLM API's answer to a POST. It ends at the end of the
+// stream, and yields any other error (io.ErrUnexpectedEOF if the stream ends inside an event)
+// once, as its last pair. It does not close r.
+func Read(r io.Reader) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		d := NewDecoder(r)
+		for {
+			ev, err := d.Next()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				yield(Event{}, err)
+				return
+			}
+			if !yield(ev, nil) {
+				return
+			}
+		}
+	}
+}
