@@ -1,0 +1,328 @@
+package sse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Client reads an event stream over HTTP as a browser's EventSource does: it reconnects when
+// the connection drops or the response ends, resuming with the Last-Event-ID header, and gives
+// up only when the server says so or the request's context ends.
+//
+// A Client runs in the goroutine that ranges over [Client.Events] and starts none of its own.
+// Client is safe for concurrent use, if its fields are not changed while it is in use; the
+// zero value is ready to use.
+type Client struct {
+	// HTTPClient sends the requests. Nil means http.DefaultClient. A Timeout on it ends every
+	// stream after that time, and the Client then reconnects: leave it unset, and bound the
+	// connection with the request's context, or the Transport's dial and header timeouts.
+	HTTPClient *http.Client
+
+	// Retry is the reconnection time until the server sets one with a retry field: how long
+	// the Client waits before it reconnects. Zero means 3 seconds.
+	Retry time.Duration
+
+	// MaxBackoff bounds the wait after consecutive failed attempts, which doubles from the
+	// reconnection time at each; zero means 30 seconds. A reconnection time longer than
+	// MaxBackoff is honoured all the same.
+	MaxBackoff time.Duration
+
+	// MaxEventSize bounds an event's size, as Decoder.MaxEventSize does. Zero means 4 MiB.
+	MaxEventSize int
+
+	// OnReconnect, if set, is called before each wait to reconnect, in the goroutine that
+	// ranges over Events, with the reason (io.EOF if the server ended the response, the error
+	// of the attempt or of the connection otherwise) and how long the Client will wait. It may
+	// log, or cancel the request's context to give up.
+	OnReconnect func(err error, wait time.Duration)
+}
+
+const (
+	defaultRetry      = 3 * time.Second
+	defaultMaxBackoff = 30 * time.Second
+	// maxErrorBody is how much of a response that is not an event stream ResponseError keeps.
+	maxErrorBody = 4 << 10
+)
+
+// Events returns an iterator over the events of the stream req asks for. It sends req with
+// Accept: text/event-stream and Cache-Control: no-cache (unless req sets its own) and with the
+// Last-Event-ID header once the stream has set an ID, or req set one; the header carries the
+// ID's exact bytes. Each event is as [Decoder.Next] returns it.
+//
+// When the connection drops or the response ends, Events waits for the reconnection time (the
+// server's retry field, else c.Retry) and sends req again, as EventSource does. After
+// consecutive attempts that bring no event, the wait doubles, up to c.MaxBackoff, with
+// jitter; the first event resets it. Each attempt sends a clone of req: a request body is
+// sent again only if req.GetBody can make one (http.NewRequest sets it for the common
+// in-memory bodies), else Events ends with an error instead of reconnecting. A stream that is
+// the one-off answer to a POST, as an LLM API's is, is better read once with
+// [Read](resp.Body).
+//
+// The iteration ends:
+//   - quietly, on a 204 No Content response: the server says not to come back;
+//   - with a [*ResponseError], on any other response that is not 200 with a
+//     text/event-stream Content-Type;
+//   - with an error wrapping [ErrEventTooLarge], on an event over c.MaxEventSize;
+//   - with req.Context().Err(), once that context is done;
+//   - when the loop breaks, which closes the response.
+//
+// An error is yielded once, as the last pair; the errors that make the Client reconnect are
+// not yielded, but passed to c.OnReconnect.
+func (c *Client) Events(req *http.Request) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		s := &session{c: c, req: req, lastID: req.Header.Get("Last-Event-ID"), retry: c.retry()}
+		if err := s.run(yield); err != nil {
+			yield(Event{}, err)
+		}
+	}
+}
+
+// A session is one range over Events: the state that outlives each connection.
+type session struct {
+	c        *Client
+	req      *http.Request
+	lastID   string        // the last event ID string, sent as Last-Event-ID
+	retry    time.Duration // the reconnection time
+	failures int           // attempts since the last event
+	wait     time.Duration // how long to wait before the next attempt
+}
+
+// run connects and reconnects until the iteration ends, and returns the error to end it with,
+// if any.
+func (s *session) run(yield func(Event, error) bool) error {
+	ctx := s.req.Context()
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if err := s.sleep(ctx); err != nil {
+				return err
+			}
+		}
+		resp, err := s.connect(attempt)
+		if err == nil {
+			var done bool
+			if done, err = s.read(resp, yield); done {
+				return err
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == errNoContent {
+			return nil
+		}
+		var final *finalError
+		if errors.As(err, &final) {
+			return final.err
+		}
+		s.failures++
+		s.wait = s.backoff()
+		if s.c.OnReconnect != nil {
+			s.c.OnReconnect(err, s.wait)
+		}
+	}
+}
+
+// errNoContent is returned by connect for a 204 response, which ends the iteration quietly.
+var errNoContent = errors.New("sse: 204 No Content")
+
+// finalError wraps an error that ends the iteration rather than cause a reconnection.
+type finalError struct{ err error }
+
+func (e *finalError) Error() string { return e.err.Error() }
+func (e *finalError) Unwrap() error { return e.err }
+
+// connect sends the request for one attempt, and returns the response if it is an event
+// stream. A response that is not ends the iteration.
+func (s *session) connect(attempt int) (*http.Response, error) {
+	req := s.req.Clone(s.req.Context())
+	switch {
+	case s.req.GetBody != nil:
+		body, err := s.req.GetBody()
+		if err != nil {
+			return nil, &finalError{err}
+		}
+		req.Body = body
+	case attempt > 0 && s.req.Body != nil && s.req.Body != http.NoBody:
+		return nil, &finalError{errors.New("sse: cannot reconnect: the request body cannot be sent again (no GetBody)")}
+	}
+	if req.Header.Get("Accept") == "" {
+		req.Header.Set("Accept", "text/event-stream")
+	}
+	if req.Header.Get("Cache-Control") == "" {
+		req.Header.Set("Cache-Control", "no-cache")
+	}
+	req.Header.Del("Last-Event-ID")
+	if s.lastID != "" {
+		if !validHeaderValue(s.lastID) {
+			// The transport would refuse the request at every attempt.
+			return nil, &finalError{fmt.Errorf("sse: cannot reconnect: last event ID %q cannot be sent in a header", s.lastID)}
+		}
+		req.Header.Set("Last-Event-ID", s.lastID)
+	}
+	hc := s.c.HTTPClient
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusNoContent {
+		resp.Body.Close()
+		return nil, errNoContent
+	}
+	if !isEventStream(resp) {
+		err := newResponseError(resp)
+		resp.Body.Close()
+		return nil, &finalError{err}
+	}
+	return resp, nil
+}
+
+// validHeaderValue reports whether net/http sends v as a header value: it refuses control
+// characters other than tab.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// isEventStream reports whether resp opens an event stream (WHATWG HTML §9.2.3: status 200
+// and the text/event-stream MIME type, whatever its parameters).
+func isEventStream(resp *http.Response) bool {
+	if resp.StatusCode != http.StatusOK {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	return (err == nil || err == mime.ErrInvalidMediaParameter) && mt == "text/event-stream"
+}
+
+// read yields the events of resp, and closes it. It reports done if the iteration is over,
+// and returns why the stream ended.
+func (s *session) read(resp *http.Response, yield func(Event, error) bool) (done bool, err error) {
+	defer resp.Body.Close()
+	d := NewDecoder(resp.Body)
+	d.MaxEventSize = s.c.MaxEventSize
+	// The last event ID string outlives the connection (WHATWG HTML §9.2.3): an event
+	// without an id field after a reconnection still reports it.
+	d.lastID, d.id = s.lastID, append(d.id, s.lastID...)
+	for {
+		ev, err := d.Next()
+		s.lastID = d.lastID
+		if d.retry >= 0 {
+			s.retry = d.retry
+		}
+		if err != nil {
+			if errors.Is(err, ErrEventTooLarge) {
+				return true, err
+			}
+			return false, err
+		}
+		s.failures = 0
+		if !yield(ev, nil) {
+			return true, nil
+		}
+	}
+}
+
+// sleep waits before the next attempt, unless ctx ends first.
+func (s *session) sleep(ctx context.Context) error {
+	t := time.NewTimer(s.wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// backoff returns how long to wait before the next attempt: the reconnection time after the
+// first failure, as EventSource waits, and after each further one twice as long, up to the
+// ceiling, less a random part of up to a half, so that clients that failed together spread
+// out.
+func (s *session) backoff() time.Duration {
+	if s.failures <= 1 {
+		return s.retry
+	}
+	ceiling := max(s.c.maxBackoff(), s.retry)
+	d := max(s.retry, time.Millisecond) // a zero reconnection time still backs off
+	for i := 1; i < s.failures && d < ceiling; i++ {
+		d = min(d, ceiling/2) * 2
+	}
+	d = min(d, ceiling)
+	return d - rand.N(d/2+1)
+}
+
+func (c *Client) retry() time.Duration {
+	if c.Retry > 0 {
+		return c.Retry
+	}
+	return defaultRetry
+}
+
+func (c *Client) maxBackoff() time.Duration {
+	if c.MaxBackoff > 0 {
+		return c.MaxBackoff
+	}
+	return defaultMaxBackoff
+}
+
+// ResponseError is the error Client.Events ends with when the server answers with something
+// other than an event stream: a status other than 200 (and 204, which ends the iteration
+// quietly), or a Content-Type other than text/event-stream. EventSource never reconnects after
+// such a response, and neither does the Client: a request the server refuses is refused again.
+type ResponseError struct {
+	StatusCode  int
+	ContentType string      // the Content-Type header
+	Header      http.Header // the response's headers, Retry-After for instance
+	Body        []byte      // the start of the body, up to 4 KiB, where APIs describe the error
+}
+
+func newResponseError(resp *http.Response) *ResponseError {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	return &ResponseError{
+		StatusCode:  resp.StatusCode,
+		ContentType: resp.Header.Get("Content-Type"),
+		Header:      resp.Header,
+		Body:        body,
+	}
+}
+
+func (e *ResponseError) Error() string {
+	var b strings.Builder
+	b.WriteString("sse: not an event stream: ")
+	b.WriteString(strconv.Itoa(e.StatusCode))
+	if text := http.StatusText(e.StatusCode); text != "" {
+		b.WriteString(" " + text)
+	}
+	if e.ContentType != "" {
+		b.WriteString(", " + e.ContentType)
+	}
+	if body := strings.TrimSpace(string(e.Body)); body != "" {
+		if n := 200; len(body) > n {
+			for n > 0 && !utf8.RuneStart(body[n]) {
+				n--
+			}
+			body = body[:n] + "..."
+		}
+		if !utf8.ValidString(body) || strings.ContainsFunc(body, func(r rune) bool { return r < ' ' }) {
+			body = strconv.Quote(body)
+		}
+		b.WriteString(": " + body)
+	}
+	return b.String()
+}

@@ -1,0 +1,547 @@
+package sse
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"sse/internal/ssetest"
+)
+
+// testClient returns a Client for s that reconnects at once, so that tests do not wait.
+func testClient(s *httptest.Server) *Client {
+	return &Client{HTTPClient: s.Client(), Retry: time.Millisecond}
+}
+
+// get returns a GET request for url, which ends with the test.
+func get(t *testing.T, url string) *http.Request {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+// goWhen runs f in a goroutine of its own once cond holds, as a server's publisher would run.
+// The goroutine ends with the test.
+func goWhen(t *testing.T, cond func() bool, f func()) {
+	ctx := t.Context()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for !cond() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+		f()
+	})
+	t.Cleanup(wg.Wait)
+}
+
+// publishAll publishes each data with the ID "id-" + data.
+func publishAll(t *testing.T, b *Broker, data ...string) {
+	for _, d := range data {
+		if _, err := b.Publish(Event{ID: "ü-" + d, Data: d}); err != nil {
+			t.Errorf("Publish(%q): %v", d, err)
+		}
+	}
+}
+
+// requests is a handler's record of the requests it answered.
+type requests struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+	body []string
+}
+
+func (rs *requests) add(r *http.Request) int {
+	body, _ := io.ReadAll(r.Body)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.reqs = append(rs.reqs, r)
+	rs.body = append(rs.body, string(body))
+	return len(rs.reqs)
+}
+
+func (rs *requests) get(i int) (*http.Request, string) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if i >= len(rs.reqs) {
+		return nil, ""
+	}
+	return rs.reqs[i], rs.body[i]
+}
+
+func (rs *requests) len() int {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return len(rs.reqs)
+}
+
+// scripted returns a server that answers its nth request (from 1) with the stream script
+// returns, or with 204 if it returns "".
+func scripted(t *testing.T, m mode, script func(n int) string) (*httptest.Server, *requests) {
+	t.Helper()
+	rs := &requests{}
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stream := script(rs.add(r))
+		if stream == "" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, stream)
+	}))
+	if m == http2 {
+		ts.EnableHTTP2 = true
+		ts.StartTLS()
+	} else {
+		ts.Start()
+	}
+	t.Cleanup(ts.Close)
+	return ts, rs
+}
+
+// collect ranges over c.Events(req) and returns the data of each event and the error the
+// iteration ended with.
+func collect(c *Client, req *http.Request) (data []string, ids []string, err error) {
+	for ev, e := range c.Events(req) {
+		if e != nil {
+			return data, ids, e
+		}
+		data = append(data, ev.Data)
+		ids = append(ids, ev.ID)
+	}
+	return data, ids, nil
+}
+
+func TestEventsHeaders(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		ts, rs := scripted(t, m, func(n int) string {
+			switch n {
+			case 1:
+				return "id: 日本 a  b\ndata: 1\n\n"
+			case 2:
+				return "data: 2\n\n"
+			}
+			return ""
+		})
+		data, ids, err := collect(testClient(ts), get(t, ts.URL))
+		if err != nil || strings.Join(data, ",") != "1,2" || strings.Join(ids, ",") != "日本 a  b,日本 a  b" {
+			t.Fatalf("events %q, IDs %q, %v; want 1 and 2 with the ID, then the end", data, ids, err)
+		}
+		for i, wantID := range []string{"", "日本 a  b", "日本 a  b"} {
+			r, _ := rs.get(i)
+			if got := r.Header.Get("Accept"); got != "text/event-stream" {
+				t.Errorf("request %d: Accept %q, want text/event-stream", i, got)
+			}
+			if got := r.Header.Get("Cache-Control"); got != "no-cache" {
+				t.Errorf("request %d: Cache-Control %q, want no-cache", i, got)
+			}
+			if got := r.Header.Values("Last-Event-Id"); wantID == "" && len(got) != 0 || wantID != "" && (len(got) != 1 || got[0] != wantID) {
+				t.Errorf("request %d: Last-Event-ID %q, want %q", i, got, wantID)
+			}
+		}
+	})
+}
+
+// TestEventsLastEventIDFromRequest checks that a Last-Event-ID set on the request is sent as
+// is, byte for byte, until the stream sets another, and that an event without an ID of its own
+// reports it, as EventSource's lastEventId would.
+func TestEventsLastEventIDFromRequest(t *testing.T) {
+	ts, rs := scripted(t, http1, func(n int) string {
+		switch n {
+		case 1:
+			return "data: a\n\n"
+		case 2:
+			return "id: new\n\n"
+		case 3:
+			return "id\n\n" // an empty ID: no header at all
+		}
+		return ""
+	})
+	req := get(t, ts.URL)
+	req.Header.Set("Last-Event-ID", "caf\xe9 1") // ISO-8859-1, as Node's fetch sends it
+	req.Header.Set("Accept", "text/event-stream, application/json")
+	data, ids, err := collect(testClient(ts), req)
+	if err != nil || len(data) != 1 || ids[0] != "caf\xe9 1" {
+		t.Fatalf("events %q, IDs %q, %v; want one event with the request's ID", data, ids, err)
+	}
+	for i, want := range []string{"caf\xe9 1", "caf\xe9 1", "new", ""} {
+		r, _ := rs.get(i)
+		if got := r.Header.Get("Last-Event-ID"); got != want {
+			t.Errorf("request %d: Last-Event-ID %q, want %q", i, got, want)
+		}
+		if got := r.Header.Get("Accept"); got != "text/event-stream, application/json" {
+			t.Errorf("request %d: Accept %q, want the request's own", i, got)
+		}
+	}
+	if got := req.Header.Get("Last-Event-ID"); got != "caf\xe9 1" {
+		t.Errorf("the caller's request was changed: Last-Event-ID %q", got)
+	}
+}
+
+// TestEventsResume cuts the connection under a Client reading a Broker's stream; the Client
+// reconnects and receives exactly the events published while it was away.
+func TestEventsResume(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker(WithRetry(time.Millisecond)) // the Client honours the server's retry
+		s := newServer(t, m, b, b.Handler())
+		p := ssetest.NewProxy(t, s.Listener.Addr().String())
+		// The same scheme (https over HTTP/2), through the proxy.
+		url := strings.Replace(s.URL, s.Listener.Addr().String(), strings.TrimPrefix(p.URL(), "http://"), 1)
+
+		var reasons []error
+		c := testClient(s.Server)
+		c.OnReconnect = func(err error, wait time.Duration) { reasons = append(reasons, err) }
+		goWhen(t, func() bool { return b.Stats().Clients == 1 }, func() { publishAll(t, b, "1", "2", "3") })
+		var got []string
+		for ev, err := range c.Events(get(t, url)) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.ID != "ü-"+ev.Data {
+				t.Errorf("event %q has ID %q", ev.Data, ev.ID)
+			}
+			got = append(got, ev.Data)
+			switch len(got) {
+			case 3:
+				// The Client runs in this goroutine: it cannot reconnect before the loop body
+				// returns, so these are published while it is away.
+				p.Cut()
+				publishAll(t, b, "4", "5", "6", "7")
+			case 7:
+				p.Cut()
+				publishAll(t, b, "8")
+			}
+			if len(got) == 8 {
+				break
+			}
+		}
+		if want := "1,2,3,4,5,6,7,8"; strings.Join(got, ",") != want {
+			t.Errorf("received %q, want %s", got, want)
+		}
+		if len(reasons) != 2 {
+			t.Errorf("reconnected %d times (%v), want 2", len(reasons), reasons)
+		}
+		if st := b.Stats(); st.Replays != 2 || st.UnknownReplays != 0 {
+			t.Errorf("broker counts %d replays, %d unknown; want 2, 0", st.Replays, st.UnknownReplays)
+		}
+	})
+}
+
+// TestEventsServerRestart replaces the Broker behind the server, as a restarted process
+// would: the Client, resuming with an ID the new Broker never gave, receives MissedType.
+func TestEventsServerRestart(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		old, next := NewBroker(WithRetry(time.Millisecond)), NewBroker()
+		var cur atomic.Pointer[Broker]
+		cur.Store(old)
+		s := newServer(t, m, next, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			cur.Load().ServeEvents(w, r)
+		}))
+		t.Cleanup(func() { old.Shutdown(context.Background()) })
+
+		c := testClient(s.Server)
+		var waits []time.Duration
+		c.OnReconnect = func(err error, wait time.Duration) { waits = append(waits, wait) }
+		req := get(t, s.URL)
+		goWhen(t, func() bool { return old.Stats().Clients == 1 }, func() { publishAll(t, old, "before") })
+		var got []Event
+		for ev, err := range c.Events(req) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, ev)
+			switch len(got) {
+			case 1:
+				cur.Store(next)
+				// Shutdown ends the stream with the old broker's retry hint.
+				old.Shutdown(context.Background())
+			case 2:
+				if ev.Type != MissedType {
+					t.Fatalf("after the restart: %+v, want a %q event", ev, MissedType)
+				}
+				publishAll(t, next, "after")
+			}
+			if len(got) == 3 {
+				break
+			}
+		}
+		if len(got) != 3 || got[0].Data != "before" || got[1].Type != MissedType || got[2].Data != "after" {
+			t.Errorf("events %+v, want before, missed, after", got)
+		}
+		if got[1].ID == got[0].ID || got[1].ID == "" {
+			t.Errorf("missed event ID %q, want the new broker's start, not %q", got[1].ID, got[0].ID)
+		}
+		// The old broker's Shutdown set a retry of 1 to 2 ms, which the Client waited.
+		if len(waits) != 1 || waits[0] < time.Millisecond || waits[0] > 2*time.Millisecond {
+			t.Errorf("waits %v, want one of the old broker's retry hint", waits)
+		}
+	})
+}
+
+func TestEventsNoContent(t *testing.T) {
+	ts, rs := scripted(t, http1, func(int) string { return "" })
+	for ev, err := range testClient(ts).Events(get(t, ts.URL)) {
+		t.Errorf("got %+v, %v; want nothing", ev, err)
+	}
+	if n := rs.len(); n != 1 {
+		t.Errorf("%d requests, want 1", n)
+	}
+}
+
+func TestEventsResponseError(t *testing.T) {
+	long := strings.Repeat("é", 3000)
+	tests := []struct {
+		name   string
+		status int
+		ctype  string
+		body   string
+		ok     bool
+	}{
+		{"500 JSON", 500, "application/json", `{"error":{"type":"overloaded"}}`, false},
+		{"404", 404, "text/plain; charset=utf-8", "not found\n", false},
+		{"200 HTML", 200, "text/html", "<html></html>", false},
+		{"200 no type", 200, "", "data: x\n\n", false},
+		{"201 event stream", 201, "text/event-stream", "data: x\n\n", false},
+		{"long body", 503, "text/plain", long, false},
+		{"type with parameters", 200, "text/event-stream; charset=utf-8", "data: x\n\n", true},
+		{"type in capitals", 200, "Text/Event-Stream", "data: x\n\n", true},
+		{"type with a bad parameter", 200, "text/event-stream; charset", "data: x\n\n", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var n atomic.Int32
+			ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n.Add(1) > 1 {
+					w.WriteHeader(http.StatusNoContent)
+					return
+				}
+				w.Header()["Content-Type"] = []string{tt.ctype}
+				w.WriteHeader(tt.status)
+				io.WriteString(w, tt.body)
+			}))
+			defer ts.Close()
+			data, _, err := collect(testClient(ts), get(t, ts.URL))
+			if tt.ok {
+				if err != nil || len(data) != 1 {
+					t.Fatalf("events %q, %v; want the event", data, err)
+				}
+				return
+			}
+			var re *ResponseError
+			if !errors.As(err, &re) {
+				t.Fatalf("events %q, %v; want a *ResponseError", data, err)
+			}
+			wantBody := tt.body[:min(len(tt.body), maxErrorBody)]
+			if re.StatusCode != tt.status || re.ContentType != tt.ctype || string(re.Body) != wantBody {
+				t.Errorf("ResponseError{%d, %q, %q}, want {%d, %q, %q}", re.StatusCode, re.ContentType, re.Body, tt.status, tt.ctype, wantBody)
+			}
+			if msg := err.Error(); !strings.HasPrefix(msg, "sse: ") || !strings.Contains(msg, http.StatusText(tt.status)) || len(msg) > 300 {
+				t.Errorf("Error() = %q", msg)
+			}
+			if n := n.Load(); n != 1 {
+				t.Errorf("%d requests, want 1: no reconnection", n)
+			}
+		})
+	}
+}
+
+func TestResponseErrorMessage(t *testing.T) {
+	err := &ResponseError{StatusCode: 500, ContentType: "application/json", Body: []byte(`{"error":"overloaded"}` + "\n")}
+	if got, want := err.Error(), `sse: not an event stream: 500 Internal Server Error, application/json: {"error":"overloaded"}`; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+// TestEventsRetry checks the waits between attempts: the server's retry, else the Client's;
+// doubling over attempts that bring no event, up to MaxBackoff; back to the retry once an
+// event comes.
+func TestEventsRetry(t *testing.T) {
+	ts, _ := scripted(t, http1, func(n int) string {
+		switch n {
+		case 1:
+			return "data: a\n\n" // ends: wait the Client's Retry
+		case 2:
+			return "retry: 3\n\n" // no event, and a retry: wait 3 ms
+		case 3, 4, 5, 6:
+			return ":\n" // no event: back off
+		case 7:
+			return "retry: 2\ndata: b\n\n" // an event: wait the retry again
+		}
+		return ""
+	})
+	c := testClient(ts)
+	c.Retry = 5 * time.Millisecond
+	c.MaxBackoff = 10 * time.Millisecond
+	var waits []time.Duration
+	var reasons []error
+	c.OnReconnect = func(err error, wait time.Duration) {
+		reasons = append(reasons, err)
+		waits = append(waits, wait)
+	}
+	data, _, err := collect(c, get(t, ts.URL))
+	if err != nil || strings.Join(data, ",") != "a,b" {
+		t.Fatalf("events %q, %v; want a, b", data, err)
+	}
+	ms := time.Millisecond
+	want := []struct{ lo, hi time.Duration }{
+		{5 * ms, 5 * ms},  // after a: the Client's Retry, as the first failure waits
+		{3 * ms, 6 * ms},  // retry: 3, and the second failure in a row: 2 × 3, less up to a half
+		{5 * ms, 10 * ms}, // third: 4 × 3, capped at MaxBackoff
+		{5 * ms, 10 * ms},
+		{5 * ms, 10 * ms},
+		{5 * ms, 10 * ms},
+		{2 * ms, 2 * ms}, // after b, which reset the failures: its block's retry
+	}
+	if len(waits) != 7 {
+		t.Fatalf("waits %v, want 7", waits)
+	}
+	for i, w := range want {
+		if waits[i] < w.lo || waits[i] > w.hi {
+			t.Errorf("wait %d = %v, want %v to %v (all: %v)", i, waits[i], w.lo, w.hi, waits)
+		}
+		if reasons[i] != io.EOF {
+			t.Errorf("reason %d = %v, want io.EOF", i, reasons[i])
+		}
+	}
+}
+
+// TestEventsContext checks that the request's context ends the iteration for good, with its
+// error, wherever the Client is: reading, waiting, or connecting.
+func TestEventsContext(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		for _, where := range []string{"reading", "waiting", "before"} {
+			ctx, cancel := context.WithCancel(t.Context())
+			c := testClient(s.Server)
+			c.Retry = time.Hour
+			c.OnReconnect = func(error, time.Duration) {
+				if where == "waiting" {
+					cancel()
+				}
+			}
+			if where == "before" {
+				cancel()
+			}
+			goWhen(t, func() bool { return b.Stats().Clients == 1 || ctx.Err() != nil }, func() { publishAll(t, b, "x") })
+			var errs []error
+			for ev, err := range c.Events(get(t, s.URL).WithContext(ctx)) {
+				errs = append(errs, err)
+				if err != nil {
+					continue
+				}
+				if ev.Data != "x" {
+					t.Errorf("%s: event %+v", where, ev)
+				}
+				switch where {
+				case "reading":
+					cancel()
+				case "waiting":
+					// End the stream from the server's side: the Client waits to reconnect.
+					s.CloseClientConnections()
+				}
+			}
+			if len(errs) == 0 || errs[len(errs)-1] != context.Canceled {
+				t.Errorf("%s: yields errors %v, want context.Canceled last", where, errs)
+			}
+			waitFor(t, "the stream to close", func() bool { return b.Stats().Clients == 0 })
+			cancel()
+		}
+	})
+}
+
+// TestEventsBreak checks that breaking out of the loop closes the stream.
+func TestEventsBreak(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, b.Handler())
+		goWhen(t, func() bool { return b.Stats().Clients == 1 }, func() { publishAll(t, b, "x") })
+		for range testClient(s.Server).Events(get(t, s.URL)) {
+			break
+		}
+		waitFor(t, "the stream to close", func() bool { return b.Stats().Clients == 0 })
+	})
+}
+
+// TestEventsRequestBody checks that a body is sent again through GetBody, and that a body that
+// cannot be ends the iteration rather than reconnect without it.
+func TestEventsRequestBody(t *testing.T) {
+	ts, rs := scripted(t, http1, func(n int) string {
+		if n <= 2 {
+			return "data: x\n\n"
+		}
+		return ""
+	})
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, ts.URL, strings.NewReader("question"))
+	if _, _, err := collect(testClient(ts), req); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if r, body := rs.get(i); r.Method != http.MethodPost || body != "question" {
+			t.Errorf("request %d: %s with body %q, want POST with the body", i, r.Method, body)
+		}
+	}
+
+	ts, rs = scripted(t, http1, func(int) string { return "data: x\n\n" })
+	req, _ = http.NewRequestWithContext(t.Context(), http.MethodPost, ts.URL, io.NopCloser(strings.NewReader("once")))
+	data, _, err := collect(testClient(ts), req)
+	if len(data) != 1 || err == nil || !strings.Contains(err.Error(), "GetBody") {
+		t.Errorf("events %q, %v; want one, then an error about GetBody", data, err)
+	}
+	if n := rs.len(); n != 1 {
+		t.Errorf("%d requests, want 1", n)
+	}
+}
+
+func TestEventsTooLarge(t *testing.T) {
+	ts, rs := scripted(t, http1, func(int) string { return "data: " + strings.Repeat("x", 100) + "\n\n" })
+	c := testClient(ts)
+	c.MaxEventSize = 50
+	data, _, err := collect(c, get(t, ts.URL))
+	if len(data) != 0 || !errors.Is(err, ErrEventTooLarge) {
+		t.Errorf("events %q, %v; want ErrEventTooLarge", data, err)
+	}
+	if n := rs.len(); n != 1 {
+		t.Errorf("%d requests, want 1: no reconnection", n)
+	}
+}
+
+// TestEventsUnsendableID checks that an ID net/http cannot send back ends the iteration, rather
+// than fail every attempt for ever.
+func TestEventsUnsendableID(t *testing.T) {
+	ts, _ := scripted(t, http1, func(int) string { return "id: a\x01b\ndata: x\n\n" })
+	data, _, err := collect(testClient(ts), get(t, ts.URL))
+	if len(data) != 1 || err == nil || !strings.Contains(err.Error(), "last event ID") {
+		t.Errorf("events %q, %v; want one, then an error about the ID", data, err)
+	}
+}
+
+func TestEventsRedirect(t *testing.T) {
+	b := NewBroker()
+	mux := http.NewServeMux()
+	mux.Handle("/events", b.Handler())
+	mux.Handle("/old", http.RedirectHandler("/events", http.StatusTemporaryRedirect))
+	s := newServer(t, http1, b, mux)
+	goWhen(t, func() bool { return b.Stats().Clients == 1 }, func() { publishAll(t, b, "x") })
+	for ev, err := range testClient(s.Server).Events(get(t, s.URL+"/old")) {
+		if err != nil || ev.Data != "x" {
+			t.Errorf("got %+v, %v; want the event", ev, err)
+		}
+		break
+	}
+}
