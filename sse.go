@@ -124,6 +124,21 @@
 // buffering), over HTTP/1.1 and HTTP/2 alike. Middleware that wraps the ResponseWriter must
 // offer Unwrap (see http.ResponseController) for flushes and write deadlines to reach it.
 //
+// # Reading streams
+//
+// [Read] and [Decoder] read events from any io.Reader exactly as a browser's EventSource
+// interprets them, in bounded memory ([Decoder.MaxEventSize]): a decoded [Event] has the
+// stream's last event ID as its ID, and an empty Type where EventSource says "message". Read
+// suits a response read once, such as an LLM API's answer to a POST:
+//
+//	for ev, err := range sse.Read(resp.Body) { ... }
+//
+// [Client.Events] follows a feed as EventSource does: it reconnects when the connection
+// drops, after the server's retry delay, resuming with Last-Event-ID, and stops on 204, on a
+// response that is not an event stream ([*ResponseError]) or when the request's context ends.
+// It runs in the goroutine that ranges over it, and starts none. Decoder is not safe for
+// concurrent use; Client is.
+//
 // # Concurrency
 //
 // Broker is safe for concurrent use. Each stream is written only by the goroutine net/http
