@@ -218,7 +218,8 @@ func (s *session) read(resp *http.Response, yield func(Event, error) bool) (done
 	d.MaxEventSize = s.c.MaxEventSize
 	// The last event ID string outlives the connection (WHATWG HTML §9.2.3): an event
 	// without an id field after a reconnection still reports it.
-	d.lastID, d.id = s.lastID, append(d.id, s.lastID...)
+	d.lastID = s.lastID
+	d.id.set([]byte(s.lastID))
 	for {
 		ev, err := d.Next()
 		s.lastID = d.lastID

@@ -41,15 +41,17 @@ type Decoder struct {
 
 	// The buffers of WHATWG HTML §9.2.6, kept as bytes until an event is dispatched.
 	// The data buffer is data, its lines joined by LF, or, while the block has one data line
-	// and the buffer still holds it, pend: a single line is not copied twice.
-	hasData    bool          // the data buffer is not empty
-	pend       []byte        // the data buffer's one line, in buf, if pending
-	data       []byte        // the data buffer, without its final LF, unless pending
-	typ        []byte        // the event type buffer
-	id         []byte        // the last event ID buffer
-	size       int           // the bytes of the current block's lines, comments aside
-	blockRetry time.Duration // the reconnection time a retry field set in the current block, or -1
-	retry      time.Duration // the stream's reconnection time, or -1 until a retry field sets it
+	// and buf still holds it, buf[pendFrom:pendTo]: a single line is not copied twice.
+	hasData          bool          // the data buffer is not empty
+	pending          bool          // the data buffer is buf[pendFrom:pendTo]
+	pendFrom, pendTo int           //
+	data             valueBuf      // the data buffer, without its final LF, unless pending
+	typ              valueBuf      // the event type buffer
+	id               valueBuf      // the last event ID buffer
+	idSet            bool          // an id field set id since the last dispatch
+	size             int           // the bytes of the current block's lines, comments aside
+	blockRetry       time.Duration // the reconnection time a retry field set in the current block, or -1
+	retry            time.Duration // the stream's reconnection time, or -1 until a retry field sets it
 
 	lastID   string // the last event ID string
 	lastType string // the Type of the last event, reused by the next one if it is the same
@@ -95,7 +97,7 @@ func (d *Decoder) Next() (Event, error) {
 			}
 		}
 		i := d.eol()
-		if i < 0 {
+		if i == d.end {
 			if d.err != nil {
 				return Event{}, d.fail()
 			}
@@ -115,7 +117,7 @@ func (d *Decoder) Next() (Event, error) {
 			}
 			continue
 		}
-		if err := d.field(line); err != nil {
+		if err := d.field(line, i-len(line)); err != nil {
 			return Event{}, err
 		}
 	}
@@ -137,31 +139,29 @@ func (d *Decoder) skipBOM() bool {
 	return true
 }
 
-// eol returns the index in buf of the first CR or LF in buf[start:end], or -1.
+// eol returns the index in buf of the first CR or LF in buf[start:end], or end.
 func (d *Decoder) eol() int {
-	// IndexByte, which is much faster than IndexAny, finds each of the two.
-	lf := d.index('\n', &d.noLF)
-	cr := d.index('\r', &d.noCR)
-	if i := min(lf, cr); i < d.end {
-		return i
+	// IndexByte is much faster than IndexAny: look for the LF, the usual line end, then for a
+	// CR before it only if the buffer may hold one there.
+	from := max(d.start, d.noLF)
+	lf := bytes.IndexByte(d.buf[from:d.end], '\n')
+	if lf < 0 {
+		lf = d.end
+	} else {
+		lf += from
 	}
-	return -1
-}
-
-// index returns the index in buf of the first c in buf[start:end], or end. *none is where
-// the previous search stopped, past bytes that are not c.
-func (d *Decoder) index(c byte, none *int) int {
-	from := max(d.start, *none)
-	if from == d.end {
-		return d.end
+	d.noLF = lf
+	if d.noCR >= lf {
+		return lf
 	}
-	i := bytes.IndexByte(d.buf[from:d.end], c)
-	if i < 0 {
-		*none = d.end
-		return d.end
+	from = max(d.start, d.noCR)
+	cr := bytes.IndexByte(d.buf[from:d.end], '\r')
+	if cr < 0 {
+		d.noCR = d.end
+		return lf
 	}
-	*none = from + i
-	return from + i
+	d.noCR = from + cr
+	return min(lf, from+cr)
 }
 
 // checkPartial returns an error if the line read so far makes the event too large.
@@ -203,10 +203,10 @@ const minRead = 4 << 10
 
 // fill reads more of the stream into buf, making room first.
 func (d *Decoder) fill() {
-	if d.pend != nil {
+	if d.pending {
 		// The line is about to be overwritten.
-		d.data = append(d.data[:0], d.pend...)
-		d.pend = nil
+		d.data.set(d.buf[d.pendFrom:d.pendTo])
+		d.pending = false
 	}
 	if d.start == d.end {
 		d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
@@ -247,12 +247,12 @@ func (d *Decoder) fail() error {
 		d.err = io.ErrUnexpectedEOF
 	}
 	d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
-	d.hasData, d.pend, d.data, d.typ, d.size = false, nil, d.data[:0], d.typ[:0], 0
+	d.hasData, d.pending, d.data.n, d.typ.n, d.size = false, false, 0, 0, 0
 	return d.err
 }
 
-// field processes one line that is not blank: a comment or a field.
-func (d *Decoder) field(line []byte) error {
+// field processes one line that is not blank, buf[at:at+len(line)]: a comment or a field.
+func (d *Decoder) field(line []byte, at int) error {
 	if line[0] == ':' {
 		if len(line) > d.max() {
 			return d.tooLarge()
@@ -262,62 +262,57 @@ func (d *Decoder) field(line []byte) error {
 	if d.size += len(line) + 1; d.size > d.max() {
 		return d.tooLarge()
 	}
-	name, value := fieldName(line)
 	// The names are compared as bytes, which is the same as comparing the decoded text: they
-	// are ASCII, and no invalid UTF-8 sequence decodes to ASCII.
-	switch name {
-	case "data":
-		switch {
-		case !d.hasData:
-			d.hasData, d.pend = true, value
-		case d.pend != nil:
-			d.data = append(d.data[:0], d.pend...)
-			d.pend = nil
-			fallthrough
-		default:
-			d.data = append(d.data, '\n')
-			d.data = append(d.data, value...)
+	// are ASCII, and no invalid UTF-8 sequence decodes to ASCII. The first byte tells which
+	// name a line may have, which spares looking for the colon.
+	switch line[0] {
+	case 'd':
+		if v, ok := fieldValue(line, "data"); ok {
+			switch {
+			case !d.hasData:
+				// v ends line, which starts at at in buf.
+				d.hasData, d.pending = true, true
+				d.pendFrom, d.pendTo = at+len(line)-len(v), at+len(line)
+			case d.pending:
+				d.data.set(d.buf[d.pendFrom:d.pendTo])
+				d.pending = false
+				fallthrough
+			default:
+				d.data.add(lf)
+				d.data.add(v)
+			}
 		}
-	case "event":
-		d.typ = append(d.typ[:0], value...)
-	case "id":
-		if bytes.IndexByte(value, 0) < 0 {
-			d.id = append(d.id[:0], value...)
+	case 'e':
+		if v, ok := fieldValue(line, "event"); ok {
+			d.typ.set(v)
 		}
-	case "retry":
-		if ms, ok := parseRetry(value); ok {
-			d.retry, d.blockRetry = ms, ms
+	case 'i':
+		if v, ok := fieldValue(line, "id"); ok && bytes.IndexByte(v, 0) < 0 {
+			d.id.set(v)
+			d.idSet = true
+		}
+	case 'r':
+		if v, ok := fieldValue(line, "retry"); ok {
+			if ms, ok := parseRetry(v); ok {
+				d.retry, d.blockRetry = ms, ms
+			}
 		}
 	}
 	return nil
 }
 
-// fieldName splits a line that is not a comment into the name of the field, if it is one of
-// the four the spec knows ("" if not), and the value, without the one space that may follow the
-// colon.
-func fieldName(line []byte) (name string, value []byte) {
-	// Every field name is told by its first byte, which spares searching for the colon.
-	switch line[0] {
-	case 'd':
-		name = "data"
-	case 'e':
-		name = "event"
-	case 'i':
-		name = "id"
-	case 'r':
-		name = "retry"
-	default:
-		return "", nil
-	}
+// fieldValue returns the value of the field on line, without the one space that may follow
+// the colon, if the field's name is name.
+func fieldValue(line []byte, name string) ([]byte, bool) {
 	n := len(name)
 	if len(line) < n || string(line[:n]) != name || len(line) > n && line[n] != ':' {
-		return "", nil
+		return nil, false
 	}
-	value = line[min(n+1, len(line)):]
-	if len(value) > 0 && value[0] == ' ' {
-		value = value[1:]
+	v := line[min(n+1, len(line)):]
+	if len(v) > 0 && v[0] == ' ' {
+		v = v[1:]
 	}
-	return name, value
+	return v, true
 }
 
 // parseRetry parses a retry field's value: ASCII digits only, a number of milliseconds.
@@ -345,33 +340,62 @@ func parseRetry(b []byte) (time.Duration, bool) {
 func (d *Decoder) dispatch() (Event, bool) {
 	d.size = 0
 	// The last event ID buffer is not reset, so that a later event without an id keeps it.
-	if string(d.id) != d.lastID {
-		d.lastID = decodeUTF8(d.id)
+	if d.idSet {
+		d.idSet = false
+		if id := d.id.bytes(); string(id) != d.lastID {
+			d.lastID = decodeUTF8(id)
+		}
 	}
 	retry := d.blockRetry
 	d.blockRetry = -1
 	if !d.hasData {
 		// No data: no event, but the type buffer is reset all the same.
-		d.typ = d.typ[:0]
+		d.typ.n = 0
 		return Event{}, false
 	}
-	data := d.data
-	if d.pend != nil {
-		data = d.pend
+	data := d.data.bytes()
+	if d.pending {
+		data = d.buf[d.pendFrom:d.pendTo]
 	}
 	ev := Event{ID: d.lastID, Data: decodeUTF8(data), Retry: max(retry, 0)}
-	if len(d.typ) > 0 {
-		if string(d.typ) != d.lastType {
-			d.lastType = decodeUTF8(d.typ)
+	if typ := d.typ.bytes(); len(typ) > 0 {
+		if string(typ) != d.lastType {
+			d.lastType = decodeUTF8(typ)
 		}
 		ev.Type = d.lastType
 	}
-	d.hasData, d.pend, d.data, d.typ = false, nil, d.data[:0], d.typ[:0]
-	if cap(d.data) > maxKeptBuffer {
-		d.data = nil // do not pin one large event's buffer for the life of the stream
+	d.hasData, d.pending, d.data.n, d.typ.n = false, false, 0, 0
+	if cap(d.data.b) > maxKeptBuffer {
+		d.data.b = nil // do not pin one large event's buffer for the life of the stream
 	}
 	return ev, true
 }
+
+// A valueBuf is a reusable buffer. Its length is kept apart from its slice, so that setting it
+// does not write the slice's pointer: a pointer write costs a GC write barrier while a
+// collection runs, which, at millions of events a second, is much of the time.
+type valueBuf struct {
+	b []byte // b[:n] is the value
+	n int
+}
+
+func (v *valueBuf) bytes() []byte { return v.b[:v.n] }
+
+func (v *valueBuf) set(b []byte) {
+	v.n = 0
+	v.add(b)
+}
+
+func (v *valueBuf) add(b []byte) {
+	if cap(v.b)-v.n < len(b) {
+		v.b = append(v.b[:v.n], b...)
+		v.n = len(v.b)
+		return
+	}
+	v.n += copy(v.b[v.n:cap(v.b)], b)
+}
+
+var lf = []byte{'\n'}
 
 // decodeUTF8 decodes b as the WHATWG Encoding standard's "UTF-8 decode" does: each maximal
 // subpart of an invalid sequence becomes one U+FFFD. (Go's own conversions replace each
