@@ -1,0 +1,159 @@
+package readbench
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	tmaxmax "github.com/tmaxmax/go-sse"
+
+	"sse"
+)
+
+// sizes are the data sizes of the events decoded: a token of an LLM's answer with its JSON
+// wrapping, and a larger document.
+var sizes = []int{64, 4096}
+
+// eventsPerStream is how many events each stream holds; a decoder is made for each stream.
+const eventsPerStream = 1000
+
+// stream returns eventsPerStream events of size bytes of data, each with a type and an ID, as
+// a Broker sends them.
+func stream(tb testing.TB, size int) []byte {
+	var b bytes.Buffer
+	enc := sse.NewEncoder(&b)
+	data := strings.Repeat("x", size)
+	for i := range eventsPerStream {
+		if err := enc.Encode(sse.Event{ID: strconv.Itoa(i), Type: "delta", Data: data}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
+// decoders decode a stream into events, calling f with each event's type and data until it
+// returns false.
+var decoders = []struct {
+	name   string
+	decode func(r io.Reader, f func(typ, data string) bool) error
+}{
+	{"sse", func(r io.Reader, f func(typ, data string) bool) error {
+		d := sse.NewDecoder(r)
+		for {
+			ev, err := d.Next()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if !f(ev.Type, ev.Data) {
+				return nil
+			}
+		}
+	}},
+	{"sse.Read", func(r io.Reader, f func(typ, data string) bool) error {
+		for ev, err := range sse.Read(r) {
+			if err != nil {
+				return err
+			}
+			if !f(ev.Type, ev.Data) {
+				break
+			}
+		}
+		return nil
+	}},
+	{"tmaxmax", func(r io.Reader, f func(typ, data string) bool) error {
+		for ev, err := range tmaxmax.Read(r, nil) {
+			if err != nil {
+				return err
+			}
+			if !f(ev.Type, ev.Data) {
+				break
+			}
+		}
+		return nil
+	}},
+	{"scanner", func(r io.Reader, f func(typ, data string) bool) error {
+		d := NewScannerDecoder(r)
+		for d.Next() {
+			ev := d.Current()
+			// The SDKs hand the data, with its final LF, to encoding/json as []byte; it is not
+			// converted to a string here either.
+			if !f(ev.Type, unsafeString(ev.Data)) {
+				break
+			}
+		}
+		return d.Err()
+	}},
+}
+
+// TestDecodersAgree checks that every decoder reads the benchmark's streams as the same events.
+func TestDecodersAgree(t *testing.T) {
+	for _, size := range sizes {
+		s := stream(t, size)
+		for _, dec := range decoders {
+			n := 0
+			err := dec.decode(bytes.NewReader(s), func(typ, data string) bool {
+				data = strings.TrimSuffix(data, "\n") // the scanner keeps the final LF
+				if typ != "delta" || data != strings.Repeat("x", size) {
+					t.Fatalf("%s: event %d = %q, %q", dec.name, n, typ, data)
+				}
+				n++
+				return true
+			})
+			if err != nil || n != eventsPerStream {
+				t.Errorf("%s: %d events, %v; want %d", dec.name, n, err, eventsPerStream)
+			}
+		}
+	}
+}
+
+// BenchmarkRead decodes events; one op is one event, and each decoder is made afresh for
+// each stream of eventsPerStream events.
+func BenchmarkRead(b *testing.B) {
+	for _, size := range sizes {
+		s := stream(b, size)
+		for _, dec := range decoders {
+			b.Run(fmt.Sprintf("size=%dB/decoder=%s", size, dec.name), func(b *testing.B) {
+				b.SetBytes(int64(len(s) / eventsPerStream))
+				b.ReportAllocs()
+				cpu0 := cpuTime()
+				r := bytes.NewReader(s)
+				var sink int
+				n := 0
+				for n < b.N {
+					r.Reset(s)
+					err := dec.decode(r, func(typ, data string) bool {
+						sink += len(data)
+						n++
+						return n < b.N
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+				// On a shared machine the process's CPU time is steadier than the wall clock.
+				b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/event")
+			})
+		}
+	}
+}
+
+// cpuTime returns the CPU time the process has used, user and system, in nanoseconds.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// unsafeString returns b as a string without copying it.
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
