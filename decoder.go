@@ -210,6 +210,9 @@ func (d *Decoder) fill() {
 	}
 	if d.start == d.end {
 		d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
+		if len(d.buf) > maxKeptBuffer {
+			d.buf = nil // one long line does not keep its buffer for the life of the stream
+		}
 	}
 	if len(d.buf)-d.end < minRead {
 		buf := d.buf
