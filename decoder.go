@@ -112,8 +112,8 @@ func (d *Decoder) Next() (Event, error) {
 		d.afterCR = d.buf[i] == '\r'
 		d.start = i + 1
 		if len(line) == 0 {
-			if ev, ok := d.dispatch(); ok {
-				return ev, nil
+			if d.dispatch() {
+				return d.event(), nil
 			}
 			continue
 		}
@@ -339,8 +339,9 @@ func parseRetry(b []byte) (time.Duration, bool) {
 	return time.Duration(ms) * time.Millisecond, true
 }
 
-// dispatch runs "dispatch the event" at a blank line, and reports whether it made one.
-func (d *Decoder) dispatch() (Event, bool) {
+// dispatch runs "dispatch the event" at a blank line, and reports whether there is an event
+// to return, which event then makes.
+func (d *Decoder) dispatch() bool {
 	d.size = 0
 	// The last event ID buffer is not reset, so that a later event without an id keeps it.
 	if d.idSet {
@@ -349,29 +350,33 @@ func (d *Decoder) dispatch() (Event, bool) {
 			d.lastID = decodeUTF8(id)
 		}
 	}
-	retry := d.blockRetry
-	d.blockRetry = -1
 	if !d.hasData {
 		// No data: no event, but the type buffer is reset all the same.
-		d.typ.n = 0
-		return Event{}, false
+		d.typ.n, d.blockRetry = 0, -1
+		return false
 	}
+	return true
+}
+
+// event returns the event dispatch found, and empties the buffers for the next.
+func (d *Decoder) event() Event {
 	data := d.data.bytes()
 	if d.pending {
 		data = d.buf[d.pendFrom:d.pendTo]
 	}
-	ev := Event{ID: d.lastID, Data: decodeUTF8(data), Retry: max(retry, 0)}
-	if typ := d.typ.bytes(); len(typ) > 0 {
-		if string(typ) != d.lastType {
-			d.lastType = decodeUTF8(typ)
+	var typ string
+	if b := d.typ.bytes(); len(b) > 0 {
+		if string(b) != d.lastType {
+			d.lastType = decodeUTF8(b)
 		}
-		ev.Type = d.lastType
+		typ = d.lastType
 	}
-	d.hasData, d.pending, d.data.n, d.typ.n = false, false, 0, 0
+	retry := max(d.blockRetry, 0)
+	d.hasData, d.pending, d.data.n, d.typ.n, d.blockRetry = false, false, 0, 0, -1
 	if cap(d.data.b) > maxKeptBuffer {
 		d.data.b = nil // do not pin one large event's buffer for the life of the stream
 	}
-	return ev, true
+	return Event{ID: d.lastID, Type: typ, Data: decodeUTF8(data), Retry: retry}
 }
 
 // A valueBuf is a reusable buffer. Its length is kept apart from its slice, so that setting it

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -123,7 +124,7 @@ func BenchmarkRead(b *testing.B) {
 			b.Run(fmt.Sprintf("size=%dB/decoder=%s", size, dec.name), func(b *testing.B) {
 				b.SetBytes(int64(len(s) / eventsPerStream))
 				b.ReportAllocs()
-				cpu0 := cpuTime()
+				cpu0, mallocs0 := cpuTime(), mallocs()
 				r := bytes.NewReader(s)
 				var sink int
 				n := 0
@@ -141,6 +142,8 @@ func BenchmarkRead(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 				// On a shared machine the process's CPU time is steadier than the wall clock.
 				b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/event")
+				// allocs/op rounds down; this does not.
+				b.ReportMetric(float64(mallocs()-mallocs0)/float64(b.N), "allocs/event")
 			})
 		}
 	}
@@ -153,6 +156,12 @@ func cpuTime() int64 {
 		return 0
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+func mallocs() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.Mallocs
 }
 
 // unsafeString returns b as a string without copying it.
