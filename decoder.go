@@ -44,7 +44,7 @@ type Decoder struct {
 	// and buf still holds it, buf[pendFrom:pendTo]: a single line is not copied twice.
 	hasData          bool          // the data buffer is not empty
 	pending          bool          // the data buffer is buf[pendFrom:pendTo]
-	pendFrom, pendTo int           //
+	pendFrom, pendTo int           // the pending line's value, in buf
 	data             valueBuf      // the data buffer, without its final LF, unless pending
 	typ              valueBuf      // the event type buffer
 	id               valueBuf      // the last event ID buffer
