@@ -3,6 +3,7 @@ package sse_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +11,28 @@ import (
 
 	"sse"
 )
+
+// ExampleDecoder reads a stream event by event: an ID stays in effect until the stream sets
+// another, even in a block with no data, which dispatches nothing.
+func ExampleDecoder() {
+	stream := "id: 1\nevent: greeting\ndata: hello\ndata: world\n\nid: 2\n\n: a comment\ndata: bye\n\n"
+	d := sse.NewDecoder(strings.NewReader(stream))
+	for {
+		ev, err := d.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("%q %q %q\n", ev.ID, ev.Type, ev.Data)
+	}
+	fmt.Println("resume after:", d.LastEventID())
+	// Output:
+	// "1" "greeting" "hello\nworld"
+	// "2" "" "bye"
+	// resume after: 2
+}
 
 // ExampleRead reads the answer of an LLM-style API: a POST whose response is a stream of
 // events, read once to its end.
