@@ -125,7 +125,7 @@ func (d *Decoder) Next() (Event, error) {
 
 var bom = []byte("\xef\xbb\xbf")
 
-// skipBOM skips one leading byte order mark (WHATWG HTML §9.2.6: the stream is decoded with
+// skipBOM skips one leading byte order mark (WHATWG HTML §9.2.5: the stream is decoded with
 // "UTF-8 decode", which strips one). It reports false if it needs more bytes to tell.
 func (d *Decoder) skipBOM() bool {
 	b := d.buf[d.start:d.end]
