@@ -59,7 +59,8 @@ const (
 // Last-Event-ID header once the stream has set an ID, or req set one; the header carries the
 // ID's exact bytes. Each event is as [Decoder.Next] returns it.
 //
-// When the connection drops or the response ends, Events waits for the reconnection time (the
+// When the connection drops, the response ends or an attempt fails without a response (the
+// first included: the server may be restarting), Events waits for the reconnection time (the
 // server's retry field, else c.Retry) and sends req again, as EventSource does. After
 // consecutive attempts that bring no event, the wait doubles, up to c.MaxBackoff, with
 // jitter; the first event resets it. Each attempt sends a clone of req: a request body is
