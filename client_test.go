@@ -545,3 +545,30 @@ func TestEventsRedirect(t *testing.T) {
 		break
 	}
 }
+
+// TestEventsServerDown checks that attempts that fail to connect, the first included, are
+// retried, with the error passed to OnReconnect, until the context ends.
+func TestEventsServerDown(t *testing.T) {
+	ts := httptest.NewServer(http.NotFoundHandler())
+	url := ts.URL
+	ts.Close() // nothing listens there now
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var reasons []error
+	c := &Client{Retry: time.Millisecond, MaxBackoff: 2 * time.Millisecond}
+	c.OnReconnect = func(err error, wait time.Duration) {
+		if reasons = append(reasons, err); len(reasons) == 3 {
+			cancel()
+		}
+	}
+	_, _, err := collect(c, get(t, url).WithContext(ctx))
+	if err != context.Canceled || len(reasons) != 3 {
+		t.Fatalf("ended with %v after %d attempts, want context.Canceled after 3", err, len(reasons))
+	}
+	for i, r := range reasons {
+		if r == nil || errors.Is(r, io.EOF) {
+			t.Errorf("attempt %d failed with %v, want a connection error", i, r)
+		}
+	}
+}
