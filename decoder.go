@@ -2,6 +2,7 @@ package sse
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"iter"
@@ -410,7 +411,7 @@ var lf = []byte{'\n'}
 // invalid byte instead.) Decoding each value alone is the same as decoding the whole stream:
 // an ASCII line break ends any sequence either way.
 func decodeUTF8(b []byte) string {
-	if utf8.Valid(b) {
+	if len(b) <= 256 && isASCII(b) || utf8.Valid(b) {
 		return string(b)
 	}
 	s := make([]byte, 0, len(b)+len(b)/2)
@@ -431,6 +432,29 @@ func decodeUTF8(b []byte) string {
 		i += invalidLen(b[i:])
 	}
 	return string(s)
+}
+
+// isASCII reports whether b is all ASCII. For a short b it is several times faster than
+// utf8.Valid, which pays a setup cost for its speed on long inputs.
+func isASCII(b []byte) bool {
+	const high = 0x8080808080808080
+	le := binary.LittleEndian
+	for ; len(b) >= 32; b = b[32:] {
+		if (le.Uint64(b)|le.Uint64(b[8:])|le.Uint64(b[16:])|le.Uint64(b[24:]))&high != 0 {
+			return false
+		}
+	}
+	for ; len(b) >= 8; b = b[8:] {
+		if le.Uint64(b)&high != 0 {
+			return false
+		}
+	}
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // invalidLen returns the length of the maximal subpart of an ill-formed sequence at the start

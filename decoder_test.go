@@ -537,3 +537,19 @@ func BenchmarkDecoder(b *testing.B) {
 		})
 	}
 }
+
+func TestIsASCII(t *testing.T) {
+	for n := range 70 {
+		b := bytes.Repeat([]byte("a"), n)
+		if !isASCII(b) {
+			t.Errorf("isASCII(%d × a) = false", n)
+		}
+		for i := range n {
+			b[i] = 0x80
+			if isASCII(b) {
+				t.Errorf("isASCII with 0x80 at %d of %d = true", i, n)
+			}
+			b[i] = 'a'
+		}
+	}
+}
