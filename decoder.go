@@ -8,6 +8,7 @@ import (
 	"iter"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -56,6 +57,8 @@ type Decoder struct {
 
 	lastID   string // the last event ID string
 	lastType string // the Type of the last event, reused by the next one if it is the same
+
+	strs strings.Builder // what the short strings Next returns are cut from; see string
 }
 
 // NewDecoder returns a Decoder that reads from r.
@@ -348,7 +351,7 @@ func (d *Decoder) dispatch() bool {
 	if d.idSet {
 		d.idSet = false
 		if id := d.id.bytes(); string(id) != d.lastID {
-			d.lastID = decodeUTF8(id)
+			d.lastID = d.string(id)
 		}
 	}
 	if !d.hasData {
@@ -368,7 +371,7 @@ func (d *Decoder) event() Event {
 	var typ string
 	if b := d.typ.bytes(); len(b) > 0 {
 		if string(b) != d.lastType {
-			d.lastType = decodeUTF8(b)
+			d.lastType = d.string(b)
 		}
 		typ = d.lastType
 	}
@@ -377,7 +380,7 @@ func (d *Decoder) event() Event {
 	if cap(d.data.b) > maxKeptBuffer {
 		d.data.b = nil // do not pin one large event's buffer for the life of the stream
 	}
-	return Event{ID: d.lastID, Type: typ, Data: decodeUTF8(data), Retry: retry}
+	return Event{ID: d.lastID, Type: typ, Data: d.string(data), Retry: retry}
 }
 
 // A valueBuf is a reusable buffer. Its length is kept apart from its slice, so that setting it
@@ -405,6 +408,30 @@ func (v *valueBuf) add(b []byte) {
 }
 
 var lf = []byte{'\n'}
+
+// Short strings are cut from a shared buffer of stringChunk bytes, one allocation for many:
+// a token of an answer or an ID then costs no allocation of its own. A string kept holds on to
+// the chunk it was cut from, at most stringChunk bytes, which the stream's other strings
+// share; a string longer than maxSharedString has an allocation of its own.
+const (
+	stringChunk     = 4 << 10
+	maxSharedString = 256
+)
+
+// string returns b decoded as UTF-8 (see decodeUTF8).
+func (d *Decoder) string(b []byte) string {
+	if len(b) > maxSharedString || !isASCII(b) && !utf8.Valid(b) {
+		return decodeUTF8(b)
+	}
+	if d.strs.Cap()-d.strs.Len() < len(b) {
+		// Strings cut earlier keep the old buffer, which is never written again.
+		d.strs = strings.Builder{}
+		d.strs.Grow(stringChunk)
+	}
+	start := d.strs.Len()
+	d.strs.Write(b)
+	return d.strs.String()[start:]
+}
 
 // decodeUTF8 decodes b as the WHATWG Encoding standard's "UTF-8 decode" does: each maximal
 // subpart of an invalid sequence becomes one U+FFFD. (Go's own conversions replace each

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -551,5 +552,27 @@ func TestIsASCII(t *testing.T) {
 			}
 			b[i] = 'a'
 		}
+	}
+}
+
+// The strings of an event stay as they were returned while later events are decoded: short
+// ones share a buffer that is only ever appended to.
+func TestDecoderStringsStay(t *testing.T) {
+	var stream strings.Builder
+	var want []Event
+	for i := range 3000 {
+		ev := Event{ID: strconv.Itoa(i), Type: "t" + strconv.Itoa(i%7), Data: strings.Repeat(strconv.Itoa(i%10), i%300)}
+		want = append(want, ev)
+		stream.WriteString("id: " + ev.ID + "\nevent: " + ev.Type + "\ndata: " + ev.Data + "\n\n")
+	}
+	var got []Event
+	for ev, err := range Read(iotest.HalfReader(strings.NewReader(stream.String()))) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ev)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("kept events changed after later ones were decoded")
 	}
 }
