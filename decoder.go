@@ -83,6 +83,10 @@ func (d *Decoder) LastEventID() string { return d.lastID }
 // line, that event is discarded, as the spec requires, and Next returns io.ErrUnexpectedEOF.
 // Any other error is the reader's, or wraps ErrEventTooLarge. Once Next has returned an error,
 // it returns the same error again.
+//
+// Strings of up to 256 bytes are cut from buffers of 4 KiB that several events share, so
+// that a stream of small events costs few allocations: keeping one such string keeps its
+// buffer.
 func (d *Decoder) Next() (Event, error) {
 	for {
 		if d.start == d.end && d.err != nil {
