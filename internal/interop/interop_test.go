@@ -282,7 +282,7 @@ func TestReplay(t *testing.T) {
 					t.Skip("Node's fetch cannot send a header with characters above U+00FF (a known client limit, in README)")
 				}
 				b, _, srv := newServer(t, sse.WithRetry(100*time.Millisecond))
-				p := newProxy(t, srv.Listener.Addr().String())
+				p := ssetest.NewProxy(t, srv.Listener.Addr().String())
 				c.load(t, p.URL())
 				// MissedType too: if the replay failed, the test should see that it did.
 				es := c.open(t, p.URL()+"/events", "message", sse.MissedType)
@@ -296,8 +296,8 @@ func TestReplay(t *testing.T) {
 
 				// Hold the reconnection at the proxy, so that the client stays away while the
 				// test publishes, whatever its retry delay.
-				p.pause()
-				p.cut()
+				p.Pause()
+				p.Cut()
 				want = append(want, lost)
 				expect(t, c, es, want)
 				waitClients(t, b, 0)
@@ -305,7 +305,7 @@ func TestReplay(t *testing.T) {
 				for i := 3; i < 6; i++ {
 					away = append(away, publish(t, b, sse.Event{ID: tt.id(i), Data: fmt.Sprintf("away %d", i)}))
 				}
-				p.resume()
+				p.Resume()
 				want = append(want, opened)
 				want = append(want, away...)
 				expect(t, c, es, want)
@@ -338,14 +338,14 @@ func TestRetry(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				b, _, srv := newServer(t)
-				p := newProxy(t, srv.Listener.Addr().String())
+				p := ssetest.NewProxy(t, srv.Listener.Addr().String())
 				c.load(t, p.URL())
 				es := c.open(t, p.URL()+"/events", "message")
 				expect(t, c, es, []seen{opened})
 				waitClients(t, b, 1)
 				want := []seen{opened, publish(t, b, sse.Event{Data: "x", Retry: tt.retry})}
 				expect(t, c, es, want)
-				p.cut()
+				p.Cut()
 				want = append(want, lost, opened)
 				recs := expect(t, c, es, want)
 				gap := recs[3].at.Sub(recs[2].at)
@@ -367,7 +367,7 @@ func TestRetry(t *testing.T) {
 func TestHeartbeat(t *testing.T) {
 	eachClient(t, func(t *testing.T, c *client) {
 		b, _, srv := newServer(t, sse.WithHeartbeat(50*time.Millisecond))
-		p := newProxy(t, srv.Listener.Addr().String()) // to see the comments on the wire
+		p := ssetest.NewProxy(t, srv.Listener.Addr().String()) // to see the comments on the wire
 		c.load(t, p.URL())
 		es := c.open(t, p.URL()+"/events", "message")
 		expect(t, c, es, []seen{opened})
@@ -378,7 +378,7 @@ func TestHeartbeat(t *testing.T) {
 		want = append(want, publish(t, b, sse.Event{Data: "after"}))
 		expect(t, c, es, want)
 		beats := 0
-		for _, line := range strings.Split(p.downstream(), "\n") {
+		for _, line := range strings.Split(p.Downstream(), "\n") {
 			if line == ":" {
 				beats++
 			}
@@ -419,14 +419,14 @@ func Test204(t *testing.T) {
 				}
 				b.ServeEvents(w, r)
 			})
-			p := newProxy(t, srv.Listener.Addr().String())
+			p := ssetest.NewProxy(t, srv.Listener.Addr().String())
 			c.load(t, p.URL())
 			es := c.open(t, p.URL()+"/flaky", "message")
 			expect(t, c, es, []seen{opened})
 			waitClients(t, b, 1)
 			want := []seen{opened, publish(t, b, sse.Event{Data: "x"})}
 			expect(t, c, es, want)
-			p.cut()
+			p.Cut()
 			want = append(want, lost, failed)
 			expect(t, c, es, want)
 			// Only time shows that nothing more happens: ten times the 100ms retry delay.

@@ -13,6 +13,7 @@ import (
 
 	"sse"
 	"sse/internal/redistest"
+	"sse/internal/ssetest"
 	"sse/redisbroker"
 )
 
@@ -88,7 +89,7 @@ func TestReplayAcrossNodes(t *testing.T) {
 		a.waitStats(t, "a to read the first event", func(s sse.Stats) bool { return s.Published == 1 })
 		b.waitStats(t, "b to read the first event", func(s sse.Stats) bool { return s.Published == 1 })
 
-		p := newProxy(t, a.srv.Listener.Addr().String())
+		p := ssetest.NewProxy(t, a.srv.Listener.Addr().String())
 		c.load(t, p.URL())
 		es := c.open(t, p.URL()+"/events", "message", sse.MissedType)
 		expect(t, c, es, []seen{opened})
@@ -99,8 +100,8 @@ func TestReplayAcrossNodes(t *testing.T) {
 		}
 		expect(t, c, es, want)
 
-		p.pause()
-		p.cut()
+		p.Pause()
+		p.Cut()
 		want = append(want, lost)
 		expect(t, c, es, want)
 		a.waitStats(t, "the client to leave a", func(s sse.Stats) bool { return s.Clients == 0 })
@@ -108,8 +109,8 @@ func TestReplayAcrossNodes(t *testing.T) {
 		for i := 3; i < 6; i++ {
 			away = append(away, []redisNode{a, b}[i%2].publish(t, sse.Event{Data: fmt.Sprintf("away %d", i)}))
 		}
-		p.retarget(b.srv.Listener.Addr().String())
-		p.resume()
+		p.Retarget(b.srv.Listener.Addr().String())
+		p.Resume()
 		want = append(want, opened)
 		want = append(want, away...)
 		expect(t, c, es, want)

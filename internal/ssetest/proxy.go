@@ -12,17 +12,20 @@ import (
 // failure or a restarting load balancer would: a test drops a client's connection without the
 // server's help, so that what it sees is what a real failure looks like to both ends.
 type Proxy struct {
-	ln     net.Listener
-	target string
-	done   chan struct{}  // closed by close
-	wg     sync.WaitGroup // the accept loop and every connection's goroutines
+	ln   net.Listener
+	done chan struct{}  // closed by close
+	wg   sync.WaitGroup // the accept loop and every connection's goroutines
 
 	mu     sync.Mutex            // guards the fields below
+	target string                // where new connections go
 	conns  map[net.Conn]struct{} // both ends of every open connection
 	gate   chan struct{}         // closed while new connections are forwarded
 	paused bool
 	closed bool
+	down   []byte // what the server sent, up to maxTap bytes, for tests that look at the wire
 }
+
+const maxTap = 1 << 20
 
 // NewProxy starts a proxy on 127.0.0.1 to target (a host:port), closed when the test ends.
 func NewProxy(t testing.TB, target string) *Proxy {
@@ -78,6 +81,21 @@ func (p *Proxy) Resume() {
 	}
 }
 
+// Retarget sends new connections to target from now on, as a load balancer that sends a
+// client to another server does; open connections stay where they are.
+func (p *Proxy) Retarget(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = target
+}
+
+// Downstream returns what the server has sent through the proxy so far.
+func (p *Proxy) Downstream() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return string(p.down)
+}
+
 func (p *Proxy) close() {
 	p.mu.Lock()
 	if !p.closed {
@@ -104,7 +122,7 @@ func (p *Proxy) accept() {
 	}
 }
 
-// track registers c so that Cut and close reach it, and reports false if the proxy is closed.
+// track registers c so that cut and close reach it, and reports false if the proxy is closed.
 func (p *Proxy) track(c net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -139,7 +157,10 @@ func (p *Proxy) forward(client net.Conn) {
 		return
 	}
 
-	server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
+	server, err := net.DialTimeout("tcp", target, 5*time.Second)
 	if err != nil {
 		return
 	}
@@ -157,7 +178,19 @@ func (p *Proxy) forward(client net.Conn) {
 		server.Close()
 		client.Close()
 	}()
-	io.Copy(client, server)
+	io.Copy(client, io.TeeReader(server, tap{p}))
 	client.Close()
 	server.Close()
+}
+
+// tap records what the server sends.
+type tap struct{ p *Proxy }
+
+func (t tap) Write(b []byte) (int, error) {
+	t.p.mu.Lock()
+	defer t.p.mu.Unlock()
+	if n := min(len(b), maxTap-len(t.p.down)); n > 0 {
+		t.p.down = append(t.p.down, b[:n]...)
+	}
+	return len(b), nil
 }
