@@ -526,7 +526,9 @@ func TestIDs(t *testing.T) {
 func TestSlowClient(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		const n, size = 20000, 1024
-		b := NewBroker(WithHistory(n), WithWriteTimeout(4*time.Second))
+		// The write timeout is long enough for the reading client to keep up on a loaded
+		// machine under the race detector, where a write to it may wait seconds for the CPU.
+		b := NewBroker(WithHistory(n), WithWriteTimeout(8*time.Second))
 		s := newServer(t, m, b, b.Handler())
 		good := s.openN(t, "/", 1)
 		// The slow client's body is never read: over HTTP/1.1 the socket buffers fill, over
@@ -560,7 +562,7 @@ func TestSlowClient(t *testing.T) {
 		if err := <-received; err != nil {
 			t.Fatalf("the reading client: %v", err)
 		}
-		waitFor(t, "the slow client to be disconnected", func() bool { return b.Stats().SlowDisconnects == 1 })
+		waitWithin(t, 20*time.Second, "the slow client to be disconnected", func() bool { return b.Stats().SlowDisconnects == 1 })
 		if st := b.Stats(); st.Clients != 1 {
 			t.Errorf("Clients = %d, want 1", st.Clients)
 		}

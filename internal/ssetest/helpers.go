@@ -2,9 +2,11 @@ package ssetest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -46,23 +48,69 @@ func CheckPage(t testing.TB, ts *httptest.Server, want string) {
 	}
 }
 
+// Main runs m's tests and exits, failing the run if any test left a goroutine behind: it is
+// the body of a package's TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		if leaked := waitGoroutines(5*time.Second, 0); leaked != nil {
+			fmt.Fprintf(os.Stderr, "leaked goroutines:\n%s\n", strings.Join(leaked, "\n\n"))
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
 // CheckGoroutines makes t fail if, once it and the cleanups registered after this call are
-// done, more goroutines are running than when it was called. Call it first in a test.
+// done, more goroutines are running than when it was called. Call it first in a test that
+// does not run in parallel with others.
 func CheckGoroutines(t testing.TB) {
 	t.Helper()
-	before := runtime.NumGoroutine()
+	before := len(Goroutines())
 	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("%d goroutines running, want %d:\n%s", runtime.NumGoroutine(), before, buf)
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
+		if leaked := waitGoroutines(5*time.Second, before); leaked != nil {
+			t.Errorf("%d goroutines left running, want %d:\n%s", len(leaked), before, strings.Join(leaked, "\n\n"))
 		}
 	})
+}
+
+// waitGoroutines waits up to d for no more than n goroutines to be running (of those
+// Goroutines returns), and returns their stacks if more are left.
+func waitGoroutines(d time.Duration, n int) []string {
+	deadline := time.Now().Add(d)
+	for {
+		gs := Goroutines()
+		if len(gs) <= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return gs
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Goroutines returns the stacks of the running goroutines that are not the runtime's or the
+// test framework's own.
+func Goroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var gs []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		_, stack, _ := strings.Cut(g, "\n")
+		switch {
+		case stack == "",
+			strings.Contains(stack, "testing.(*M).") || strings.Contains(stack, "testing.tRunner") || strings.Contains(stack, "testing.runTests"),
+			strings.Contains(stack, ".TestMain("),
+			strings.Contains(stack, "ssetest.Goroutines("),
+			strings.Contains(stack, "runtime.goexit") && strings.Contains(stack, "created by runtime"),
+			strings.Contains(stack, "os/signal.signal_recv"),
+			strings.Contains(stack, "testing.(*F).Fuzz"):
+			continue
+		}
+		gs = append(gs, strings.TrimSpace(g))
+	}
+	return gs
 }
 
 // Subscribe opens an event stream at path on ts, sending lastID as Last-Event-ID unless it is
