@@ -29,7 +29,7 @@ type Client struct {
 	HTTPClient *http.Client
 
 	// Retry is the reconnection time until the server sets one with a retry field: how long
-	// the Client waits before it reconnects. Zero means 3 seconds.
+	// the Client waits before it reconnects. Zero or less means 3 seconds.
 	Retry time.Duration
 
 	// MaxBackoff bounds the wait after consecutive failed attempts, which doubles from the
@@ -57,7 +57,9 @@ const (
 // Events returns an iterator over the events of the stream req asks for. It sends req with
 // Accept: text/event-stream and Cache-Control: no-cache (unless req sets its own) and with the
 // Last-Event-ID header once the stream has set an ID, or req set one; the header carries the
-// ID's exact bytes. Each event is as [Decoder.Next] returns it.
+// ID's exact bytes (but for spaces and tabs at either end, which net/http drops over
+// HTTP/1.1). Each event is as [Decoder.Next] returns it. A req whose URL is not http or https
+// ends the iteration at once with an error.
 //
 // When the connection drops, the response ends or an attempt fails without a response (the
 // first included: the server may be restarting), Events waits for the reconnection time (the
@@ -81,7 +83,12 @@ const (
 // not yielded, but passed to c.OnReconnect.
 func (c *Client) Events(req *http.Request) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
-		s := &session{c: c, req: req, lastID: req.Header.Get("Last-Event-ID"), retry: c.retry()}
+		if req.URL == nil || req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+			// EventSource refuses such a URL at once; no attempt would ever succeed.
+			yield(Event{}, fmt.Errorf("sse: cannot read events from %v: not an http or https URL", req.URL))
+			return
+		}
+		s := &session{c: c, req: req, lastID: headerValue(req.Header, "Last-Event-ID"), retry: c.retry()}
 		if err := s.run(yield); err != nil {
 			yield(Event{}, err)
 		}
@@ -146,8 +153,11 @@ func (e *finalError) Unwrap() error { return e.err }
 // stream. A response that is not ends the iteration.
 func (s *session) connect(attempt int) (*http.Response, error) {
 	req := s.req.Clone(s.req.Context())
+	if req.Header == nil {
+		req.Header = make(http.Header)
+	}
 	switch {
-	case s.req.GetBody != nil:
+	case attempt > 0 && s.req.GetBody != nil:
 		body, err := s.req.GetBody()
 		if err != nil {
 			return nil, &finalError{err}
@@ -162,7 +172,11 @@ func (s *session) connect(attempt int) (*http.Response, error) {
 	if req.Header.Get("Cache-Control") == "" {
 		req.Header.Set("Cache-Control", "no-cache")
 	}
-	req.Header.Del("Last-Event-ID")
+	for k := range req.Header {
+		if http.CanonicalHeaderKey(k) == "Last-Event-Id" {
+			delete(req.Header, k) // however the request spelt it
+		}
+	}
 	if s.lastID != "" {
 		if !validHeaderValue(s.lastID) {
 			// The transport would refuse the request at every attempt.
@@ -188,6 +202,19 @@ func (s *session) connect(attempt int) (*http.Response, error) {
 		return nil, &finalError{err}
 	}
 	return resp, nil
+}
+
+// headerValue returns the first value of h's header key, however the request spelt the key.
+func headerValue(h http.Header, key string) string {
+	if v := h.Get(key); v != "" {
+		return v
+	}
+	for k, vs := range h {
+		if len(vs) > 0 && http.CanonicalHeaderKey(k) == http.CanonicalHeaderKey(key) {
+			return vs[0]
+		}
+	}
+	return ""
 }
 
 // validHeaderValue reports whether net/http sends v as a header value: it refuses control
@@ -234,6 +261,9 @@ func (s *session) read(resp *http.Response, yield func(Event, error) bool) (done
 			return false, err
 		}
 		s.failures = 0
+		if err := s.req.Context().Err(); err != nil {
+			return true, err // what is buffered is not yielded once the context is done
+		}
 		if !yield(ev, nil) {
 			return true, nil
 		}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -570,5 +571,106 @@ func TestEventsServerDown(t *testing.T) {
 		if r == nil || errors.Is(r, io.EOF) {
 			t.Errorf("attempt %d failed with %v, want a connection error", i, r)
 		}
+	}
+}
+
+// Requests the Client must take as they come: one with a nil Header (valid for
+// http.Client.Do), one whose Last-Event-ID key is not in canonical form, and one with a body
+// it must close on the first attempt and make again with GetBody on the next.
+func TestClientRequestForms(t *testing.T) {
+	t.Run("nil header", func(t *testing.T) {
+		ts, _ := scripted(t, http1, func(n int) string { return "data: 1\n\n" })
+		u, _ := url.Parse(ts.URL)
+		req := (&http.Request{Method: "GET", URL: u}).WithContext(t.Context())
+		for ev, err := range testClient(ts).Events(req) {
+			if err != nil || ev.Data != "1" {
+				t.Errorf("got %+v, %v; want the event", ev, err)
+			}
+			break
+		}
+	})
+	t.Run("non-canonical Last-Event-ID", func(t *testing.T) {
+		ts, rs := scripted(t, http1, func(n int) string {
+			if n == 1 {
+				return "id: new\ndata: 1\n\n"
+			}
+			return ""
+		})
+		req := get(t, ts.URL)
+		req.Header["Last-Event-ID"] = []string{"old"}
+		_, ids, _ := collect(testClient(ts), req)
+		if len(ids) == 0 || ids[0] != "new" {
+			t.Errorf("IDs %q, want new first", ids)
+		}
+		first, _ := rs.get(0)
+		second, _ := rs.get(1)
+		if first == nil || second == nil {
+			t.Fatalf("want two requests")
+		}
+		if got := first.Header.Values("Last-Event-Id"); len(got) != 1 || got[0] != "old" {
+			t.Errorf("first request sends Last-Event-ID %q, want [old]", got)
+		}
+		if got := second.Header.Values("Last-Event-Id"); len(got) != 1 || got[0] != "new" {
+			t.Errorf("second request sends Last-Event-ID %q, want [new]", got)
+		}
+	})
+	t.Run("body", func(t *testing.T) {
+		ts, rs := scripted(t, http1, func(n int) string {
+			if n == 1 {
+				return "data: 1\n\n"
+			}
+			return ""
+		})
+		body := &closeBody{Reader: strings.NewReader("q")}
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", ts.URL, body)
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("q")), nil }
+		collect(testClient(ts), req)
+		if !body.closed.Load() {
+			t.Errorf("the request's own body was never closed")
+		}
+		if r, _ := rs.get(1); r == nil {
+			t.Errorf("no second attempt with a body from GetBody")
+		}
+	})
+}
+
+type closeBody struct {
+	io.Reader
+	closed atomic.Bool
+}
+
+func (b *closeBody) Close() error { b.closed.Store(true); return nil }
+
+// A request that no attempt can send ends the iteration at once.
+func TestClientBadURL(t *testing.T) {
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", "ftp://example.com/", nil)
+	n := 0
+	c := &Client{Retry: time.Millisecond, OnReconnect: func(error, time.Duration) { n++ }}
+	var errs []error
+	for _, err := range c.Events(req) {
+		errs = append(errs, err)
+	}
+	if n != 0 || len(errs) != 1 || errs[0] == nil {
+		t.Errorf("%d reconnections, errors %v; want none and one error", n, errs)
+	}
+}
+
+// Once the request's context is done, no event is yielded, even one already read.
+func TestClientNoEventAfterCancel(t *testing.T) {
+	ts, _ := scripted(t, http1, func(n int) string { return "data: 1\n\ndata: 2\n\ndata: 3\n\n" })
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var got []string
+	var last error
+	for ev, err := range testClient(ts).Events(get(t, ts.URL).WithContext(ctx)) {
+		if err != nil {
+			last = err
+			break
+		}
+		got = append(got, ev.Data)
+		cancel()
+	}
+	if len(got) != 1 || !errors.Is(last, context.Canceled) {
+		t.Errorf("got %q, then %v; want one event, then context.Canceled", got, last)
 	}
 }

@@ -23,7 +23,7 @@ const defaultMaxEventSize = 4 << 20
 // Decoder reads events from a text/event-stream, exactly as WHATWG HTML §9.2.6 "Interpreting
 // an event stream" describes and browsers' EventSource does. It does its own buffering, so it
 // may read more from its reader than the events it has returned. Decoder is not safe for
-// concurrent use.
+// concurrent use, and must not be copied once used.
 type Decoder struct {
 	// MaxEventSize bounds the memory a stream can make the Decoder hold: the bytes of the lines
 	// of one event (comments aside), and of any one line. A stream that exceeds it makes Next
@@ -81,8 +81,9 @@ func (d *Decoder) LastEventID() string { return d.lastID }
 //
 // Next returns io.EOF when the stream ends between events. When it ends inside an event or a
 // line, that event is discarded, as the spec requires, and Next returns io.ErrUnexpectedEOF.
-// Any other error is the reader's, or wraps ErrEventTooLarge. Once Next has returned an error,
-// it returns the same error again.
+// Any other error is the reader's, wraps ErrEventTooLarge, or says that the reader misbehaved
+// (io.ErrNoProgress after many empty reads). Once Next has returned an error, it returns the
+// same error again.
 //
 // Strings of up to 256 bytes are cut from buffers of 4 KiB that several events share, so
 // that a stream of small events costs few allocations: keeping one such string keeps its
