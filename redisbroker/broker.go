@@ -28,8 +28,8 @@
 // by [WithBrokerOptions]. New reads what the log retains before it returns, so that a process
 // that starts resumes the IDs Redis still holds without sending MissedType. A client that
 // resumes from an ID another process has served before this one has read it waits for it, a
-// few seconds at most. Until a namespace's first event ever, there is no log to follow: a
-// client that connects before it is disconnected once when it comes, and receives MissedType.
+// few seconds at most. A namespace with no log yet gets one when the first process starts, so
+// that even its first clients get IDs of the log.
 //
 // # When Redis loses data or cannot be reached
 //
@@ -235,9 +235,9 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 	if closed {
 		return "", sse.ErrClosed
 	}
-	req := &publishReq{args: appendEvent(make([]any, 0, 11), ev, topics), done: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
 	defer cancel()
+	req := &publishReq{ctx: ctx, args: appendEvent(make([]any, 0, 11), ev, topics), done: make(chan struct{})}
 	select {
 	case b.reqs <- req:
 	case <-ctx.Done():
@@ -268,7 +268,8 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 // A publishReq is one event for the publisher to send, and, once done is closed, what Redis
 // answered.
 type publishReq struct {
-	args  []any // the event's part of the script's ARGV; see appendEvent
+	ctx   context.Context // the caller's, with the publish timeout: once done, the event is not sent
+	args  []any           // the event's part of the script's ARGV; see appendEvent
 	done  chan struct{}
 	epoch string
 	seq   int64
@@ -297,32 +298,44 @@ func (b *Broker) publisher(ctx context.Context) {
 				}
 			}
 		case req := <-b.reqs:
-			batch = append(batch[:0], req)
+			batch = b.take(batch[:0], req)
 		more:
 			for len(batch) < maxBatch {
 				select {
 				case req := <-b.reqs:
-					batch = append(batch, req)
+					batch = b.take(batch, req)
 				default:
 					break more
 				}
 			}
-			b.send(batch)
+			if len(batch) > 0 {
+				b.send(batch)
+			}
 			clear(batch)
 		}
 	}
+}
+
+// take adds req to batch, unless its caller has given up waiting (and been told that it failed).
+func (b *Broker) take(batch []*publishReq, req *publishReq) []*publishReq {
+	if err := req.ctx.Err(); err != nil {
+		req.err = err
+		close(req.done)
+		return batch
+	}
+	return append(batch, req)
 }
 
 // send adds the events of batch to the log, numbered in its order, and tells each its result.
 func (b *Broker) send(batch []*publishReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.publishTimeout)
 	defer cancel()
-	n := 3
+	n := 4
 	for _, req := range batch {
 		n += len(req.args)
 	}
 	args := make([]any, 0, n)
-	args = append(args, newEpoch(), b.cfg.maxLen, len(batch))
+	args = append(args, newEpoch(), b.cfg.maxLen, len(batch), newToken())
 	for _, req := range batch {
 		args = append(args, req.args...)
 	}
@@ -358,6 +371,11 @@ func within(ctx context.Context, f func() error) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// newToken returns a random token that tells one call of the publish script from another.
+func newToken() string {
+	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 }
 
 // newEpoch returns a random name for a log that begins, in the same form as sse.Broker's own

@@ -13,9 +13,13 @@ import (
 
 // publishScript numbers events and adds them to the log, in one step so that the order of
 // numbers is the order of the log. KEYS: meta, log. ARGV: an epoch for a log that begins, the
-// log's MAXLEN, the number of events, then for each event the number of its fields and those
-// fields and their values. It returns {epoch, the number of the last event}; the events are
-// numbered in the order given.
+// log's MAXLEN, the number of events, a token unique to the call, then for each event the
+// number of its fields and those fields and their values. It returns {epoch, the number of
+// the last event}; the events are numbered in the order given.
+//
+// The meta hash keeps the token and the answer of the last call: a call sent again with the
+// same token (go-redis sends a command again when its connection fails before the answer
+// came) gets the same answer and adds nothing, so that no event is added twice.
 //
 // One call adds a batch of events: Redis's cost per script call (a few microseconds) is then
 // shared by the batch, and each event costs little more than its XADD.
@@ -24,6 +28,9 @@ import (
 // left of the log is not the log any more, so a new epoch begins, which every reader notices.
 var publishScript = redis.NewScript(`
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and redis.call('HGET', KEYS[1], 'tok') == ARGV[4] then
+	return {epoch, tonumber(redis.call('HGET', KEYS[1], 'toklast'))}
+end
 if not epoch then
 	epoch = ARGV[1]
 	redis.call('DEL', KEYS[2])
@@ -31,8 +38,9 @@ if not epoch then
 end
 local count = tonumber(ARGV[3])
 local last = redis.call('HINCRBY', KEYS[1], 'seq', count)
+redis.call('HSET', KEYS[1], 'tok', ARGV[4], 'toklast', last)
 local seq = last - count
-local i = 4
+local i = 5
 while i <= #ARGV do
 	local n = tonumber(ARGV[i])
 	seq = seq + 1
@@ -61,6 +69,7 @@ return {epoch, tonumber(redis.call('HGET', KEYS[1], 'seq')), redis.call('XLEN', 
 var renewScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
 	redis.call('DEL', KEYS[2])
+	redis.call('HDEL', KEYS[1], 'tok', 'toklast')
 	redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'seq', 0)
 	return ARGV[2]
 end

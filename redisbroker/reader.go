@@ -186,7 +186,15 @@ func (r *reader) checkEpoch(ctx context.Context, cmd redis.Cmdable) (changed boo
 	case epoch == "":
 		return false, nil
 	case epoch != r.epoch:
-		return r.follow(epoch), nil
+		changed := r.follow(epoch)
+		if seq == "0" {
+			// A log begun anew with no event yet: follow it now, so that this process's clients
+			// get IDs of it, as those of a process that starts now do.
+			if err := r.core.Follow(epoch, 0); err != nil && !errors.Is(err, sse.ErrClosed) {
+				return changed, err
+			}
+		}
+		return changed, nil
 	}
 	if n, err := strconv.ParseUint(seq, 10, 64); err == nil && n < r.seq {
 		return r.renew(ctx, cmd)

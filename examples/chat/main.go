@@ -116,7 +116,9 @@ func run(addr, redisAddr string) error {
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
-	return nil
+	// Wait for the broker too (the one RegisterOnShutdown started ends at once): a Redis
+	// broker must stop using its client before the deferred Close.
+	return b.Shutdown(shutdownCtx)
 }
 
 // message is the data of every "message" event, as JSON.

@@ -1,0 +1,161 @@
+package redisbroker_test
+
+import (
+	"bytes"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"sse"
+	"sse/internal/redistest"
+	"sse/redisbroker"
+)
+
+// A lostReply proxies TCP connections to Redis; once armed, it forwards the next call of a
+// script and then cuts that connection before Redis's answer comes back, as a network failure
+// would: go-redis then sends the call again on another connection.
+type lostReply struct {
+	ln     net.Listener
+	target string
+	armed  atomic.Bool
+}
+
+func newLostReply(t *testing.T, target string) *lostReply {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &lostReply{ln: ln, target: target}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { p.serve(c) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *lostReply) serve(client net.Conn) {
+	defer client.Close()
+	server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	var cut atomic.Bool
+	done := make(chan struct{})
+	go func() { // Redis to the client, unless the connection is being cut
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 && !cut.Load() {
+				client.Write(buf[:n])
+			}
+			if err != nil {
+				client.Close()
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			script := bytes.Contains(bytes.ToLower(buf[:n]), []byte("evalsha"))
+			if script && p.armed.CompareAndSwap(true, false) {
+				cut.Store(true)
+				server.Write(buf[:n])
+				time.Sleep(100 * time.Millisecond) // Redis runs the script; its answer is lost
+				break
+			}
+			server.Write(buf[:n])
+		}
+		if err != nil {
+			break
+		}
+	}
+	server.Close()
+	<-done
+}
+
+// A publish whose answer was lost, and which go-redis therefore sent again, adds its event
+// once: clients get it once.
+func TestPublishSentTwice(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newLostReply(t, rs.Addr())
+	a := startNode(t, p.ln.Addr().String(), "twice")
+	a.publish("first")
+	s := a.open("", false)
+	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
+	p.armed.Store(true)
+	if _, err := a.b.Publish(sse.Event{Data: "once"}); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	a.publish("after")
+	if got := rs.Do("XLEN", redisbroker.Keys("twice")[1]); got != ":3" {
+		t.Errorf("XLEN = %s, want 3: one Publish added more than one entry", got)
+	}
+	s.expect("once", "after")
+}
+
+// A Publish that gave up while Redis did not answer, before its event was sent, is not
+// published later: its error means what it says.
+func TestPublishGivenUp(t *testing.T) {
+	rs := redistest.Start(t)
+	n := startNode(t, rs.Addr(), "givenup", redisbroker.WithPublishTimeout(300*time.Millisecond))
+	n.publish("0")
+	rs.Signal(syscall.SIGSTOP)
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := range 20 {
+		wg.Go(func() {
+			if i > 0 {
+				time.Sleep(50 * time.Millisecond) // after the first is on its way to Redis
+			}
+			if _, err := n.b.Publish(sse.Event{Data: strconv.Itoa(i)}); err == nil {
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	rs.Signal(syscall.SIGCONT)
+	n.publish("last")
+	// "0", what was on its way when Redis stopped (one call of one event), and "last".
+	got, _ := strconv.Atoi(rs.Do("XLEN", redisbroker.Keys("givenup")[1])[1:])
+	if want := 3 + int(ok.Load()); got > want {
+		t.Errorf("XLEN = %d, want at most %d: publishes that failed were published later", got, want)
+	}
+}
+
+// After Redis lost its data, the start ID a client gets from a process that begins the new
+// log resumes on the other processes too.
+func TestStartIDAfterFlush(t *testing.T) {
+	rs := redistest.Start(t)
+	a := startNode(t, rs.Addr(), "flush")
+	for i := 1; i <= 3; i++ {
+		a.publish(strconv.Itoa(i))
+	}
+	rs.Do("FLUSHALL")
+	c := startNode(t, rs.Addr(), "flush")
+	start := c.open("", false).startID()
+	// a's reader looks at the log's epoch at least once a second.
+	time.Sleep(1500 * time.Millisecond)
+	s := a.open(start, false)
+	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
+	c.publish("new")
+	s.expect("new")
+}
