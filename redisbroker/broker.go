@@ -390,7 +390,10 @@ func newEpoch() string {
 // stream has ended, or with ctx's error if ctx is done first. Shutdown is idempotent and safe
 // to call from any goroutine. It does not close the Redis client, which the caller owns. With
 // a client that cannot give the reader a connection of its own (a cluster client), a read
-// blocked in Redis ends only at its block time, a second at most.
+// blocked in Redis ends only at its block time, a second at most. If Redis hangs (it holds its
+// connections but does not answer), nothing can end a read it has not answered: Shutdown then
+// returns at ctx's deadline, and the reader's goroutine ends when go-redis gives up on the
+// read (the block time plus its ReadTimeout).
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
