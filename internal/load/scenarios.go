@@ -314,6 +314,7 @@ type delivery struct {
 	err        error           // the first publish that failed
 	cpu        []time.Duration // CPU time of each process watched, from before publishing until delivered
 	self       time.Duration   // the load process's CPU time, the same span
+	others     time.Duration   // the CPU time of the machine's other processes, the same span
 	wall       time.Duration   // the same span
 	lost       int             // clients the server disconnected
 	phases     []int
@@ -331,7 +332,7 @@ func deliver(ctx context.Context, pubs []*server, conns []*conn, n, size int, ra
 	for i, pid := range pids {
 		cpu0[i], _ = cpuTime(pid)
 	}
-	self0, wall0 := selfCPU(), time.Now()
+	self0, wall0, busy0 := selfCPU(), time.Now(), machineBusy()
 	type result struct {
 		res publishResult
 		err error
@@ -381,10 +382,12 @@ func deliver(ctx context.Context, pubs []*server, conns []*conn, n, size int, ra
 		d.end = max(d.end, lastReceive(conns, p))
 	}
 	d.wall, d.self = time.Since(wall0), selfCPU()-self0
+	d.others = machineBusy() - busy0 - d.self
 	d.cpu = make([]time.Duration, len(pids))
 	for i, pid := range pids {
 		c, _ := cpuTime(pid)
 		d.cpu[i] = c - cpu0[i]
+		d.others -= d.cpu[i]
 	}
 	d.lost = disconnected(conns)
 	if d.err == nil && !finished {
