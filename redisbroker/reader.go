@@ -39,7 +39,8 @@ const pageSize = 1000
 // readPace is the least time between the starts of two reads of the log while entries keep
 // coming: what comes meanwhile is read, appended and written to each client at once, so that
 // a busy log costs one read, one wake-up and one write per client for many events rather than
-// for each. An event that comes after a quiet spell is read at once.
+// for each. An event that comes after a quiet spell is read at once, and so is the next page
+// after a full one (a backlog).
 const readPace = 5 * time.Millisecond
 
 // cmd returns what the reader sends its commands through: its own connection if the client
@@ -185,7 +186,7 @@ func (r *reader) step(ctx context.Context) error {
 	began := time.Now()
 	n, err := r.read(ctx, cmd, r.block)
 	r.busy = time.Time{}
-	if n > 0 {
+	if n > 0 && n < pageSize {
 		r.busy = began
 	}
 	return err
