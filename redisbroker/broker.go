@@ -226,7 +226,7 @@ func (b *Broker) Publish(ev sse.Event, topics ...string) (id string, err error) 
 // wire is refused with an error wrapping sse.ErrInvalidEvent, as sse.Broker's Publish does;
 // after Shutdown, PublishContext returns sse.ErrClosed.
 func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...string) (id string, err error) {
-	if _, err := ev.AppendText(nil); err != nil {
+	if err := validate(ev); err != nil {
 		return "", err
 	}
 	b.mu.Lock()
@@ -236,12 +236,16 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 		return "", sse.ErrClosed
 	}
 	req := &publishReq{args: appendEvent(make([]any, 0, 11), ev, topics), done: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
-	defer cancel()
+	// A timer rather than a context with a deadline: Publish is called for every event, and
+	// the timer is all of that context that it needs.
+	timeout := time.NewTimer(b.cfg.publishTimeout)
+	defer timeout.Stop()
 	select {
 	case b.reqs <- req:
 	case <-ctx.Done():
 		return "", fmt.Errorf("redisbroker: publish: %w", ctx.Err())
+	case <-timeout.C:
+		return "", fmt.Errorf("redisbroker: publish: %w", context.DeadlineExceeded)
 	case <-b.pubStopped:
 		return "", sse.ErrClosed
 	}
@@ -249,6 +253,8 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 	case <-req.done:
 	case <-ctx.Done():
 		return "", fmt.Errorf("redisbroker: publish: %w", ctx.Err())
+	case <-timeout.C:
+		return "", fmt.Errorf("redisbroker: publish: %w", context.DeadlineExceeded)
 	case <-b.pubStopped:
 		select {
 		case <-req.done:
@@ -264,6 +270,21 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 	}
 	return req.epoch + "-" + strconv.FormatInt(req.seq, 10), nil
 }
+
+// validate returns the error sse.Broker's Publish would return for ev, if any: what the
+// event's wire form cannot represent. It writes the wire form into a pooled buffer, so that
+// a publish costs no allocation for it.
+func validate(ev sse.Event) error {
+	bp := textBufs.Get().(*[]byte)
+	b, err := ev.AppendText((*bp)[:0])
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		textBufs.Put(bp)
+	}
+	return err
+}
+
+var textBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // A publishReq is one event for the publisher to send, and, once done is closed, what Redis
 // answered.
