@@ -132,6 +132,13 @@ func runCluster(c clusterConfig, lib, profileDir string, budget time.Duration) r
 	for _, t := range d.cpu[1:] {
 		each = append(each, fmt.Sprintf("%.1f", t.Seconds()))
 	}
+	var writes int64
+	for _, w := range d.writes[1:] {
+		writes += w
+	}
+	if writes > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("nodes' write calls: %d, %.1f deliveries each", writes, float64(d.got)/float64(writes)))
+	}
 	r.notes = append(r.notes, fmt.Sprintf("over %.1f s: redis %.1f CPU-s, nodes %s CPU-s, load side %.1f CPU-s, rest of the machine (other processes, interrupts) %.1f CPU-s",
 		d.wall.Seconds(), d.cpu[0].Seconds(), strings.Join(each, "+"), d.self.Seconds(), max(d.others, 0).Seconds()))
 	return r

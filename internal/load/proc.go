@@ -113,3 +113,18 @@ func machineBusy() time.Duration {
 	}
 	return time.Duration(busy) * time.Second / clockTick
 }
+
+// writeCalls returns how many write system calls process pid has made, from /proc/PID/io.
+func writeCalls(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range bytes.Lines(b) {
+		if v, ok := bytes.CutPrefix(line, []byte("syscw:")); ok {
+			n, _ := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+			return n
+		}
+	}
+	return 0
+}

@@ -300,6 +300,9 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 	if o := outOfOrder(conns); o > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
 	}
+	if d.writes[0] > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("server's write calls: %d, %.1f deliveries each", d.writes[0], float64(d.got)/float64(d.writes[0])))
+	}
 	r.notes = append(r.notes, fmt.Sprintf("load side used %.1f CPU-s", d.self.Seconds()))
 	return r
 }
@@ -313,6 +316,7 @@ type delivery struct {
 	pubEnd     int64           // Unix ns the last publish ended; 0 if one did not
 	err        error           // the first publish that failed
 	cpu        []time.Duration // CPU time of each process watched, from before publishing until delivered
+	writes     []int64         // write system calls of each process watched, the same span
 	self       time.Duration   // the load process's CPU time, the same span
 	others     time.Duration   // the CPU time of the machine's other processes, the same span
 	wall       time.Duration   // the same span
@@ -329,8 +333,10 @@ type delivery struct {
 func deliver(ctx context.Context, pubs []*server, conns []*conn, n, size int, rate float64, pids ...int) delivery {
 	d := delivery{n: n, want: int64(n) * int64(len(conns))}
 	cpu0 := make([]time.Duration, len(pids))
+	w0 := make([]int64, len(pids))
 	for i, pid := range pids {
 		cpu0[i], _ = cpuTime(pid)
+		w0[i] = writeCalls(pid)
 	}
 	self0, wall0, busy0 := selfCPU(), time.Now(), machineBusy()
 	type result struct {
@@ -384,9 +390,11 @@ func deliver(ctx context.Context, pubs []*server, conns []*conn, n, size int, ra
 	d.wall, d.self = time.Since(wall0), selfCPU()-self0
 	d.others = machineBusy() - busy0 - d.self
 	d.cpu = make([]time.Duration, len(pids))
+	d.writes = make([]int64, len(pids))
 	for i, pid := range pids {
 		c, _ := cpuTime(pid)
 		d.cpu[i] = c - cpu0[i]
+		d.writes[i] = writeCalls(pid) - w0[i]
 		d.others -= d.cpu[i]
 	}
 	d.lost = disconnected(conns)
