@@ -28,8 +28,8 @@
 // by [WithBrokerOptions]. New reads what the log retains before it returns, so that a process
 // that starts resumes the IDs Redis still holds without sending MissedType. A client that
 // resumes from an ID another process has served before this one has read it waits for it, a
-// few seconds at most. While events keep coming, a Broker reads the log at most every 5 ms,
-// so that what came meanwhile goes to each client in one write: a busy log adds up to 5 ms
+// few seconds at most. While events keep coming, a Broker reads the log at most every 10 ms,
+// so that what came meanwhile goes to each client in one write: a busy log adds up to 10 ms
 // to each event's way, and saves the processes and Redis a read, a wake-up and a write per
 // client for each event. Until a namespace's first event ever, there is no log to follow: a
 // client that connects before it is disconnected once when it comes, and receives MissedType.
