@@ -34,7 +34,7 @@ func runCluster(c clusterConfig, lib, profileDir string, budget time.Duration) r
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	start := time.Now()
-	r := row{lib: fmt.Sprintf("%s %s: %d×%d, %s/s", lib, c.name, c.nodes, c.clients, thousands(int(c.rate)))}
+	r := row{lib: fmt.Sprintf("%s %s: %d×%d, %s/s", lib, c.name, c.nodes, c.clients, thousands(int(c.rate))), config: "not run"}
 	defer func() {
 		if ctx.Err() != nil {
 			r.notes = append(r.notes, fmt.Sprintf("UNFINISHED: the %v budget ran out", budget))

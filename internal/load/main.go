@@ -87,6 +87,10 @@ func main() {
 			log.Printf("%s/%s: start", sc, lib)
 			t.add(runOne(s, lib, sc, profile, *budget))
 		}
+		if len(t.rows) == 0 {
+			log.Printf("%s: none of the libraries takes part", sc)
+			continue
+		}
 		t.print(os.Stdout)
 	}
 }
