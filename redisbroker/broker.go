@@ -28,8 +28,11 @@
 // by [WithBrokerOptions]. New reads what the log retains before it returns, so that a process
 // that starts resumes the IDs Redis still holds without sending MissedType. A client that
 // resumes from an ID another process has served before this one has read it waits for it, a
-// few seconds at most. A namespace with no log yet gets one when the first process starts, so
-// that even its first clients get IDs of the log.
+// few seconds at most. While events keep coming, a Broker reads the log at most every 10 ms,
+// so that what came meanwhile goes to each client in one write: a busy log adds up to 10 ms
+// to each event's way, and saves the processes and Redis a read, a wake-up and a write per
+// client for each event. A namespace with no log yet gets one when the first process starts,
+// so that even its first clients get IDs of the log.
 //
 // # When Redis loses data or cannot be reached
 //
@@ -226,7 +229,7 @@ func (b *Broker) Publish(ev sse.Event, topics ...string) (id string, err error) 
 // wire is refused with an error wrapping sse.ErrInvalidEvent, as sse.Broker's Publish does;
 // after Shutdown, PublishContext returns sse.ErrClosed.
 func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...string) (id string, err error) {
-	if _, err := ev.AppendText(nil); err != nil {
+	if err := validate(ev); err != nil {
 		return "", err
 	}
 	b.mu.Lock()
@@ -235,13 +238,22 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 	if closed {
 		return "", sse.ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
-	defer cancel()
-	req := &publishReq{ctx: ctx, args: appendEvent(make([]any, 0, 11), ev, topics), done: make(chan struct{})}
+	// A timer rather than a context with a deadline: Publish is called for every event, and
+	// the timer is all of that context that it needs.
+	timeout := time.NewTimer(b.cfg.publishTimeout)
+	defer timeout.Stop()
+	req := &publishReq{
+		ctx:      ctx,
+		deadline: time.Now().Add(b.cfg.publishTimeout),
+		args:     appendEvent(make([]any, 0, 11), ev, topics),
+		done:     make(chan struct{}),
+	}
 	select {
 	case b.reqs <- req:
 	case <-ctx.Done():
 		return "", fmt.Errorf("redisbroker: publish: %w", ctx.Err())
+	case <-timeout.C:
+		return "", fmt.Errorf("redisbroker: publish: %w", context.DeadlineExceeded)
 	case <-b.pubStopped:
 		return "", sse.ErrClosed
 	}
@@ -249,6 +261,8 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 	case <-req.done:
 	case <-ctx.Done():
 		return "", fmt.Errorf("redisbroker: publish: %w", ctx.Err())
+	case <-timeout.C:
+		return "", fmt.Errorf("redisbroker: publish: %w", context.DeadlineExceeded)
 	case <-b.pubStopped:
 		select {
 		case <-req.done:
@@ -265,15 +279,31 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 	return req.epoch + "-" + strconv.FormatInt(req.seq, 10), nil
 }
 
+// validate returns the error sse.Broker's Publish would return for ev, if any: what the
+// event's wire form cannot represent. It writes the wire form into a pooled buffer, so that
+// a publish costs no allocation for it.
+func validate(ev sse.Event) error {
+	bp := textBufs.Get().(*[]byte)
+	b, err := ev.AppendText((*bp)[:0])
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		textBufs.Put(bp)
+	}
+	return err
+}
+
+var textBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // A publishReq is one event for the publisher to send, and, once done is closed, what Redis
 // answered.
 type publishReq struct {
-	ctx   context.Context // the caller's, with the publish timeout: once done, the event is not sent
-	args  []any           // the event's part of the script's ARGV; see appendEvent
-	done  chan struct{}
-	epoch string
-	seq   int64
-	err   error
+	ctx      context.Context // the caller's: once it is done, or the deadline has passed, the event is not sent
+	deadline time.Time
+	args     []any // the event's part of the script's ARGV; see appendEvent
+	done     chan struct{}
+	epoch    string
+	seq      int64
+	err      error
 }
 
 // maxBatch is how many events the publisher sends to Redis at most in one script call. The
@@ -318,7 +348,11 @@ func (b *Broker) publisher(ctx context.Context) {
 
 // take adds req to batch, unless its caller has given up waiting (and been told that it failed).
 func (b *Broker) take(batch []*publishReq, req *publishReq) []*publishReq {
-	if err := req.ctx.Err(); err != nil {
+	err := req.ctx.Err()
+	if err == nil && time.Now().After(req.deadline) {
+		err = context.DeadlineExceeded
+	}
+	if err != nil {
 		req.err = err
 		close(req.done)
 		return batch

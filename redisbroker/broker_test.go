@@ -386,6 +386,9 @@ func TestRedisLosesData(t *testing.T) {
 			s := b.open("", false)
 			a.publish("6")
 			old := s.expect("6")[0].LastEventID
+			// Both nodes hold all six before Redis loses them: b's client saw "6", but a
+			// reads the log on its own time.
+			waitAppended(t, 6, a, b)
 
 			if how == "FLUSHALL" {
 				if got := rs.Do("FLUSHALL"); got != "+OK" {

@@ -30,7 +30,7 @@ type conn struct {
 	syncs    atomic.Int64            // sync events received
 	lat      [maxPhases][]uint32     // latency of each measured event, µs
 	other    int64                   // events whose data was neither measured nor sync
-	outOfOrd int64                   // measured events whose index did not follow the previous one
+	outOfOrd int64                   // measured events whose index did not follow the previous one of their phase
 	err      error                   // why reading ended
 	closed   atomic.Bool             // the reader has stopped: the stream ended or failed
 	done     chan struct{}           // closed when the reader goroutine returns
@@ -73,7 +73,10 @@ func (cn *conn) close() {
 func (cn *conn) read() {
 	defer close(cn.done)
 	defer cn.closed.Store(true)
-	p := parser{cn: cn, expectIdx: -1}
+	p := parser{cn: cn}
+	for i := range p.expectIdx {
+		p.expectIdx[i] = -1
+	}
 	buf := make([]byte, cn.readBuf)
 	for {
 		n, err := cn.c.Read(buf)
@@ -119,8 +122,7 @@ type parser struct {
 	phase     int
 	ts        int64
 	idx       int64
-	lastPhase int
-	expectIdx int64 // the index the next measured event of lastPhase should have; -1: any
+	expectIdx [maxPhases]int64 // per phase, the index its next measured event should have; -1: any
 }
 
 var errBadResponse = errors.New("bad response")
@@ -251,13 +253,10 @@ func (p *parser) dispatch() {
 	case 'T':
 		us := max(p.now-p.ts, 0) / 1e3
 		cn.lat[p.phase] = append(cn.lat[p.phase], uint32(min(us, 1<<32-1)))
-		if p.phase != p.lastPhase {
-			p.lastPhase, p.expectIdx = p.phase, -1
-		}
-		if p.expectIdx >= 0 && p.idx != p.expectIdx {
+		if e := p.expectIdx[p.phase]; e >= 0 && p.idx != e {
 			cn.outOfOrd++
 		}
-		p.expectIdx = p.idx + 1
+		p.expectIdx[p.phase] = p.idx + 1
 		cn.count[p.phase].Add(1)
 		cn.lastRecv[p.phase].Store(p.now)
 	case 'S':

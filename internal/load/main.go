@@ -33,14 +33,15 @@ func main() {
 	serveLib := flag.String("serve", "", "run as the server process for `library` (used by the load process)")
 	scenarioName := flag.String("scenario", "", "with -serve: the scenario to set the library up for")
 	cpuprofile := flag.String("cpuprofile", "", "write CPU profiles of the server processes (from the first measured publish to the end) into `dir`, one per scenario and library; with -serve, the file")
-	scenarios := flag.String("scenarios", "fanout,rate,idle,slow", "comma-separated `list` of scenarios")
+	redisAddr := flag.String("redis", "", "with -serve: serve from a redisbroker node on the Redis at `addr` (used by the cluster scenario)")
+	scenarios := flag.String("scenarios", "fanout,rate,idle,slow,cluster", "comma-separated `list` of scenarios")
 	libs := flag.String("libs", strings.Join(allLibs, ","), "comma-separated `list` of libraries")
 	budget := flag.Duration("budget", 60*time.Second, "the most one scenario may take for one library")
 	flag.Parse()
 	log.SetFlags(0)
 
 	if *serveLib != "" {
-		serve(*serveLib, *scenarioName, *cpuprofile)
+		serve(*serveLib, *scenarioName, *cpuprofile, *redisAddr)
 		return
 	}
 
@@ -66,6 +67,16 @@ func main() {
 		}
 		t := &table{title: s.title, header: s.header}
 		for _, lib := range libList {
+			if s.cluster != nil {
+				if lib != "sse" {
+					continue // the Redis module is this module's
+				}
+				for _, c := range s.cluster {
+					log.Printf("%s/%s %s: start", sc, lib, c.name)
+					t.add(runCluster(c, lib, *cpuprofile, *budget))
+				}
+				continue
+			}
 			if strings.HasPrefix(lib, "bare") && sc != "idle" {
 				continue // bare cannot publish: it is the floor for idle connections only
 			}
@@ -75,6 +86,10 @@ func main() {
 			}
 			log.Printf("%s/%s: start", sc, lib)
 			t.add(runOne(s, lib, sc, profile, *budget))
+		}
+		if len(t.rows) == 0 {
+			log.Printf("%s: none of the libraries takes part", sc)
+			continue
 		}
 		t.print(os.Stdout)
 	}
@@ -109,7 +124,8 @@ type server struct {
 	profile string // where the server writes its CPU profile, if anywhere
 }
 
-func startServer(ctx context.Context, lib, sc, profile string) (*server, error) {
+// startServer starts a server process for lib set up for scenario sc, with extra arguments.
+func startServer(ctx context.Context, lib, sc, profile string, extra ...string) (*server, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -118,6 +134,7 @@ func startServer(ctx context.Context, lib, sc, profile string) (*server, error) 
 	if profile != "" {
 		args = append(args, "-cpuprofile", profile)
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(exe, args...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()

@@ -89,3 +89,42 @@ func selfCPU() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// machineBusy returns the CPU time all processors have spent busy (all but idle and iowait),
+// from /proc/stat: with the CPU time of the processes a scenario runs, it tells what the rest
+// of the machine took meanwhile.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := bytes.Fields(line) // cpu user nice system idle iowait irq softirq steal guest guest_nice
+	if len(f) < 9 || string(f[0]) != "cpu" {
+		return 0
+	}
+	var busy uint64
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 {
+			continue // idle, iowait
+		}
+		n, _ := strconv.ParseUint(string(v), 10, 64)
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTick
+}
+
+// writeCalls returns how many write system calls process pid has made, from /proc/PID/io.
+func writeCalls(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range bytes.Lines(b) {
+		if v, ok := bytes.CutPrefix(line, []byte("syscw:")); ok {
+			n, _ := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+			return n
+		}
+	}
+	return 0
+}

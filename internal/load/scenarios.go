@@ -7,14 +7,16 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
 
 type scenario struct {
-	title  string
-	header []string
-	run    func(ctx context.Context, s *server) row
+	title   string
+	header  []string
+	run     func(ctx context.Context, s *server) row
+	cluster []clusterConfig // instead of run: one row per configuration, for lib sse only
 }
 
 var scenarioByName = map[string]scenario{
@@ -37,6 +39,15 @@ var scenarioByName = map[string]scenario{
 		header: []string{"library", "connected", "RSS Δ MiB", "RSS/conn KiB", "heap+stack/conn KiB", "goroutines/conn", "notes"},
 		run: func(ctx context.Context, s *server) row {
 			return runIdle(ctx, s, 10000)
+		},
+	},
+	"cluster": {
+		title: "cluster: 3 processes, each a redisbroker node on one namespace of one local redis-server, " +
+			"clients spread evenly over them; events of 64 B published at a steady rate for 5 s, spread evenly over the nodes",
+		header: clusterHeader,
+		cluster: []clusterConfig{
+			{name: "A", nodes: 3, clients: 300, events: 5000, rate: 1000},
+			{name: "B", nodes: 3, clients: 10, events: 50000, rate: 10000},
 		},
 	},
 	"slow": {
@@ -118,6 +129,19 @@ func (t *table) print(w io.Writer) {
 // which proves it is subscribed (whatever the library does when, or whether, it sends the
 // response headers).
 func connectAndSync(ctx context.Context, s *server, n, readBuf int) ([]*conn, error) {
+	conns, err := connect(ctx, s, n, readBuf)
+	if err != nil {
+		return nil, err
+	}
+	if err := awaitSync(ctx, s, conns); err != nil {
+		closeAll(conns)
+		return nil, err
+	}
+	return conns, nil
+}
+
+// connect connects n reading clients and waits until the server runs a handler for each.
+func connect(ctx context.Context, s *server, n, readBuf int) ([]*conn, error) {
 	conns, err := dialAll(ctx, s.addr, n, true, readBuf)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
@@ -126,21 +150,24 @@ func connectAndSync(ctx context.Context, s *server, n, readBuf int) ([]*conn, er
 		closeAll(conns)
 		return nil, err
 	}
+	return conns, nil
+}
+
+// awaitSync publishes sync events on s until every one of conns has received one.
+func awaitSync(ctx context.Context, s *server, conns []*conn) error {
 	for try := 0; ; try++ {
 		if _, err := s.publish(ctx, 1, 0, 0, 0, true, 5*time.Second); err != nil {
-			closeAll(conns)
-			return nil, fmt.Errorf("sync publish: %w", err)
+			return fmt.Errorf("sync publish: %w", err)
 		}
 		deadline := time.Now().Add(300 * time.Millisecond)
 		for time.Now().Before(deadline) {
-			if synced(conns) == n {
-				return conns, nil
+			if synced(conns) == len(conns) {
+				return nil
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 		if try == 50 || ctx.Err() != nil {
-			closeAll(conns)
-			return nil, fmt.Errorf("%d of %d clients saw a sync event", synced(conns), n)
+			return fmt.Errorf("%d of %d clients saw a sync event", synced(conns), len(conns))
 		}
 	}
 }
@@ -246,50 +273,26 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 		return r
 	}
 	defer closeAll(conns)
-	const phase = 1
-	want := int64(n) * int64(clients)
-
-	cpu0, _ := cpuTime(s.pid)
-	self0 := selfCPU()
-	pub, err := s.publish(ctx, n, size, rate, phase, false, 40*time.Second)
-	if err != nil {
-		r.notes = append(r.notes, "publish: "+err.Error())
-	}
-	got := drain(ctx, conns, phase, want, 5*time.Second)
-	cpu1, _ := cpuTime(s.pid)
-	self1 := selfCPU()
+	d := deliver(ctx, []*server{s}, conns, n, size, rate, s.pid)
 	rss, hwm, _ := memory(s.pid)
 	st, _ := s.stats(ctx, false)
-	lost := disconnected(conns)
-	end := lastReceive(conns, phase)
 	closeAll(conns)
-	lat := latencies(conns, phase)
+	d.finish(conns)
 
-	rateStr, cpuStr := "-", "-"
-	if got > 0 && end > pub.StartNs {
-		rateStr = fmt.Sprintf("%.0f", float64(got)/(float64(end-pub.StartNs)/1e9))
-		cpuStr = fmt.Sprintf("%.2f", (cpu1-cpu0).Seconds()/float64(got)*1e6)
-	}
-	pubStr := "-"
-	if pub.Finished {
-		pubStr = fmt.Sprintf("%.3f", float64(pub.EndNs-pub.StartNs)/1e9)
-	} else if err == nil {
-		pubStr = "unfinished"
-		if budgetOut(ctx) {
-			r.notes = append(r.notes, "the budget ran out")
-		}
-		r.notes = append(r.notes, fmt.Sprintf("PUBLISH UNFINISHED: %d of %d events published when the server answered, after %.0fs",
-			pub.Published, n, time.Duration(pub.AnsweredNs-pub.StartNs).Seconds()))
+	cpuStr := "-"
+	if d.got > 0 {
+		cpuStr = fmt.Sprintf("%.2f", d.cpu[0].Seconds()/float64(d.got)*1e6)
 	}
 	r.cells = []string{
-		fmt.Sprintf("%d/%d", got, want), rateStr, pubStr, cpuStr,
-		pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1), mib(rss), mib(hwm), fmt.Sprint(st.Goroutines),
+		fmt.Sprintf("%d/%d", d.got, d.want), d.rate(), d.publishTime(), cpuStr,
+		pct(d.lat, 0.50), pct(d.lat, 0.99), pct(d.lat, 1), mib(rss), mib(hwm), fmt.Sprint(st.Goroutines),
 	}
-	if got < want {
-		r.notes = append(r.notes, fmt.Sprintf("LOST %d deliveries", want-got))
+	r.notes = append(r.notes, d.notes...)
+	if d.got < d.want {
+		r.notes = append(r.notes, fmt.Sprintf("LOST %d deliveries", d.want-d.got))
 	}
-	if lost > 0 {
-		r.notes = append(r.notes, fmt.Sprintf("%d clients disconnected by the server", lost))
+	if d.lost > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d clients disconnected by the server", d.lost))
 	}
 	if st.SSE != nil && st.SSE.SlowDisconnects > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d slow disconnects", st.SSE.SlowDisconnects))
@@ -297,8 +300,133 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 	if o := outOfOrder(conns); o > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
 	}
-	r.notes = append(r.notes, fmt.Sprintf("load side used %.1f CPU-s", (self1-self0).Seconds()))
+	if d.writes[0] > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("server's write calls: %d, %.1f deliveries each", d.writes[0], float64(d.got)/float64(d.writes[0])))
+	}
+	r.notes = append(r.notes, fmt.Sprintf("load side used %.1f CPU-s", d.self.Seconds()))
 	return r
+}
+
+// A delivery is the outcome of n events published over one or more servers, measured on the
+// clients.
+type delivery struct {
+	n          int
+	got, want  int64
+	start, end int64           // Unix ns: the first publish began; the last event was received
+	pubEnd     int64           // Unix ns the last publish ended; 0 if one did not
+	err        error           // the first publish that failed
+	cpu        []time.Duration // CPU time of each process watched, from before publishing until delivered
+	writes     []int64         // write system calls of each process watched, the same span
+	self       time.Duration   // the load process's CPU time, the same span
+	others     time.Duration   // the CPU time of the machine's other processes, the same span
+	wall       time.Duration   // the same span
+	lost       int             // clients the server disconnected
+	phases     []int
+	lat        []uint32 // sorted; set by finish
+	notes      []string
+}
+
+// deliver publishes n events of size bytes at rate per second in all (0: as fast as publish
+// returns), spread evenly over pubs, each publishing its share at once in a phase of its own
+// (1, 2, ...), and waits until conns have received every event or delivery stalls for 5 s.
+// It measures the CPU time of the processes pids over that span.
+func deliver(ctx context.Context, pubs []*server, conns []*conn, n, size int, rate float64, pids ...int) delivery {
+	d := delivery{n: n, want: int64(n) * int64(len(conns))}
+	cpu0 := make([]time.Duration, len(pids))
+	w0 := make([]int64, len(pids))
+	for i, pid := range pids {
+		cpu0[i], _ = cpuTime(pid)
+		w0[i] = writeCalls(pid)
+	}
+	self0, wall0, busy0 := selfCPU(), time.Now(), machineBusy()
+	type result struct {
+		res publishResult
+		err error
+	}
+	results := make([]result, len(pubs))
+	shares := make([]int, len(pubs))
+	var wg sync.WaitGroup
+	for k, s := range pubs {
+		nk := n / len(pubs)
+		if k < n%len(pubs) {
+			nk++
+		}
+		shares[k] = nk
+		phase := 1 + k
+		d.phases = append(d.phases, phase)
+		wg.Go(func() {
+			res, err := s.publish(ctx, nk, size, rate*float64(nk)/float64(n), phase, false, 40*time.Second)
+			results[k] = result{res, err}
+		})
+	}
+	wg.Wait()
+	var published int64
+	finished := true
+	for _, r := range results {
+		if r.err != nil {
+			if d.err == nil {
+				d.err = r.err
+			}
+			d.notes = append(d.notes, "publish: "+r.err.Error())
+			finished = false
+			continue
+		}
+		if d.start == 0 || r.res.StartNs < d.start {
+			d.start = r.res.StartNs
+		}
+		published += r.res.Published
+		if !r.res.Finished {
+			finished = false
+		}
+		d.pubEnd = max(d.pubEnd, r.res.EndNs)
+	}
+	if !finished {
+		d.pubEnd = 0
+	}
+	for k, p := range d.phases {
+		d.got += drain(ctx, conns, p, int64(shares[k])*int64(len(conns)), 5*time.Second)
+		d.end = max(d.end, lastReceive(conns, p))
+	}
+	d.wall, d.self = time.Since(wall0), selfCPU()-self0
+	d.others = machineBusy() - busy0 - d.self
+	d.cpu = make([]time.Duration, len(pids))
+	d.writes = make([]int64, len(pids))
+	for i, pid := range pids {
+		c, _ := cpuTime(pid)
+		d.cpu[i] = c - cpu0[i]
+		d.writes[i] = writeCalls(pid) - w0[i]
+		d.others -= d.cpu[i]
+	}
+	d.lost = disconnected(conns)
+	if d.err == nil && !finished {
+		if budgetOut(ctx) {
+			d.notes = append(d.notes, "the budget ran out")
+		}
+		d.notes = append(d.notes, fmt.Sprintf("PUBLISH UNFINISHED: %d of %d events published when the server answered", published, n))
+	}
+	return d
+}
+
+// finish gathers the latencies, once the readers have stopped.
+func (d *delivery) finish(conns []*conn) { d.lat = latencies(conns, d.phases...) }
+
+// rate is deliveries per second, from the first publish to the last event received.
+func (d *delivery) rate() string {
+	if d.got == 0 || d.end <= d.start {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", float64(d.got)/(float64(d.end-d.start)/1e9))
+}
+
+// publishTime is how long publishing took, from the first publish to the last.
+func (d *delivery) publishTime() string {
+	switch {
+	case d.pubEnd != 0:
+		return fmt.Sprintf("%.3f", float64(d.pubEnd-d.start)/1e9)
+	case d.err == nil:
+		return "unfinished"
+	}
+	return "-"
 }
 
 // budgetOut reports whether the scenario's budget is (all but) spent, which is why a publish

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,9 +24,11 @@ import (
 
 	alex "github.com/alexandrevicenzi/go-sse"
 	r3 "github.com/r3labs/sse/v2"
+	"github.com/redis/go-redis/v9"
 	tmax "github.com/tmaxmax/go-sse"
 
 	"sse"
+	"sse/redisbroker"
 )
 
 // A library is one SSE library's server side, set up for a scenario.
@@ -51,11 +54,19 @@ func depth(scenario string) int {
 		return 8192 // a 5,000-event burst fits
 	case "slow":
 		return 32768 // a 20,000-event burst fits
+	case "cluster-B":
+		return 16384 // over a second at 10,000 events/s, as rate's 1024 is at 1,000/s
 	}
 	return 1024 // rate: one second at 1,000 events/s; idle: the default
 }
 
-func newLibrary(name, scenario string) (library, error) {
+func newLibrary(name, scenario, redisAddr string) (library, error) {
+	if redisAddr != "" {
+		if name != "sse" {
+			return nil, fmt.Errorf("%s: no Redis module", name)
+		}
+		return newRedisNode(scenario, redisAddr)
+	}
 	switch name {
 	case "sse":
 		return newOurs(scenario), nil
@@ -104,6 +115,38 @@ func (o *ours) publish(data []byte) error {
 }
 func (o *ours) clients() int   { return int(o.b.Stats().Clients) }
 func (o *ours) config() string { return o.cfg }
+
+// redisNode is one process's node of a stream shared through Redis: this module's
+// redisbroker.Broker on namespace "load".
+type redisNode struct {
+	b   *redisbroker.Broker
+	cfg string
+}
+
+func newRedisNode(scenario, addr string) (*redisNode, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	var opts []redisbroker.Option
+	cfg := []string{`redis.NewClient(&redis.Options{Addr: ...})`, `"load"`}
+	if n := depth(scenario); n != 1024 {
+		opts = append(opts, redisbroker.WithBrokerOptions(sse.WithHistory(n)))
+		cfg = append(cfg, fmt.Sprintf("WithBrokerOptions(sse.WithHistory(%d))", n))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := redisbroker.New(ctx, rdb, "load", opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &redisNode{b: b, cfg: "redisbroker.New(" + strings.Join(cfg, ", ") + ")"}, nil
+}
+
+func (n *redisNode) handler() http.Handler { return n.b.Handler() }
+func (n *redisNode) publish(data []byte) error {
+	_, err := n.b.Publish(sse.Event{Data: string(data)})
+	return err
+}
+func (n *redisNode) clients() int   { return int(n.b.Stats().Clients) }
+func (n *redisNode) config() string { return n.cfg }
 
 // r3labsLib is github.com/r3labs/sse/v2.
 type r3labsLib struct {
@@ -201,9 +244,9 @@ func (l bareLib) config() string {
 }
 
 // serve runs the server process for one library and scenario until it is signalled.
-func serve(libName, scenario, cpuprofile string) {
+func serve(libName, scenario, cpuprofile, redisAddr string) {
 	raiseFileLimit()
-	lib, err := newLibrary(libName, scenario)
+	lib, err := newLibrary(libName, scenario, redisAddr)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -253,8 +296,12 @@ func serve(libName, scenario, cpuprofile string) {
 			// All the memory the runtime holds from the OS, less what it has given back.
 			RuntimeSys: ms.Sys - ms.HeapReleased,
 		}
-		if o, ok := lib.(*ours); ok {
-			s := o.b.Stats()
+		switch l := lib.(type) {
+		case *ours:
+			s := l.b.Stats()
+			st.SSE = &s
+		case *redisNode:
+			s := l.b.Stats()
 			st.SSE = &s
 		}
 		json.NewEncoder(w).Encode(st)
