@@ -472,9 +472,10 @@ func TestNoGoroutinePerClient(t *testing.T) {
 	}
 	// Per connection, all net/http's: the server's, which runs the handler, its background
 	// read, which notices a client that goes away, and the client transport's read and
-	// write loops.
-	if grown := runtime.NumGoroutine() - before; grown > 4*n {
-		t.Errorf("%d goroutines for %d more streams, want at most %d", grown, n, 4*n)
+	// write loops. A goroutine per stream of the broker's own would make it 5 each; a
+	// couple more that come and go (a heartbeat tick's, a dial's) are allowed for.
+	if grown, limit := runtime.NumGoroutine()-before, 4*n+2; grown > limit {
+		t.Errorf("%d goroutines for %d more streams, want at most %d", grown, n, limit)
 	}
 }
 
