@@ -6,6 +6,9 @@ import (
 	"io"
 	"log"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -114,4 +117,55 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// TestTailClock runs the clock example as its own process, as a user would, and tail against
+// it: tail prints its ticks as they come.
+func TestTailClock(t *testing.T) {
+	ssetest.CheckGoroutines(t)
+	bin := filepath.Join(t.TempDir(), "clock")
+	if out, err := exec.Command("go", "build", "-o", bin, "sse/examples/clock").CombinedOutput(); err != nil {
+		t.Fatalf("building the clock: %v\n%s", err, out)
+	}
+	clock := exec.Command(bin, "-addr", "127.0.0.1:0")
+	stdout, err := clock.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := clock.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		clock.Process.Signal(os.Interrupt)
+		clock.Wait()
+	}()
+	// "clock: open http://ADDR/"
+	first, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the clock's address: %v", err)
+	}
+	url := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(first), "clock: open "), "/") + "/events"
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	pr, pw := io.Pipe()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		run(ctx, url, "", pw, log.New(io.Discard, "", 0))
+		pw.Close()
+	})
+	defer func() {
+		cancel()
+		pr.Close()
+		wg.Wait()
+	}()
+	// The clock greets each client with the time it connected, then ticks once a second.
+	lines := bufio.NewScanner(pr)
+	for _, want := range []string{"connecttime ", "tick [", "tick ["} {
+		if !lines.Scan() {
+			t.Fatalf("tail ended before printing %q", want)
+		}
+		if got := lines.Text(); !strings.HasPrefix(got, want) {
+			t.Fatalf("tail printed %q, want %q…", got, want)
+		}
+	}
 }
