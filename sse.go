@@ -43,8 +43,7 @@
 //
 // Each topic keeps its last 1024 events ([WithHistory], and optionally [WithHistoryAge]), and
 // all topics together keep what fits in 64 MiB ([WithHistoryMemory]): beyond that, the oldest
-// events of all topics go first.
-// The Broker gives every event an ID, unless the publisher set one: a prefix chosen at random
+// events of all topics go first. The Broker gives every event an ID, unless the publisher set one: a prefix chosen at random
 // when the Broker is made, and a sequence number that increases with every Publish across all
 // topics. When a client reconnects with a Last-Event-ID header (EventSource sends it by
 // itself) or a lastEventId query parameter, it first receives exactly the events of its topics
@@ -72,8 +71,7 @@
 // not yet sent, in batches when it is behind. A client that falls further behind than the
 // history holds, or whose write does not finish within the write timeout ([WithWriteTimeout],
 // 10s), is disconnected; its EventSource reconnects and replays what it missed, or receives
-// [MissedType]. The same per-write
-// deadline keeps a server's WriteTimeout from cutting streams.
+// [MissedType]. The same per-write deadline keeps a server's WriteTimeout from cutting streams.
 //
 // # Memory
 //
@@ -81,10 +79,10 @@
 // ([WithHistoryMemory]): every event once, as it goes on the wire, however many topics hold
 // it, and the chunks of eight events that hold them (at least one for each topic). Beside it,
 // each topic takes about 1 KiB, and up to eight events that it dropped but that share a chunk
-// with the events it holds; each
-// client takes under 1 KiB beside its connection (net/http's buffers, a few KiB), and a
-// client stalled in a write holds on to the chunk it is writing from until the write times
-// out. A topic that no client reads and whose events have all gone is forgotten.
+// with the events it holds; each client takes under 1 KiB beside its connection (net/http's
+// buffers, a few KiB), and a client stalled in a write holds on to the chunk it is writing
+// from until the write times out. A topic that no client reads and whose events have all gone
+// is forgotten.
 //
 // # Heartbeats and close detection
 //
@@ -98,10 +96,9 @@
 // [Broker.ServeEvents] returns why a stream ended: nil when the client went away,
 // [ErrSlowClient] when it was disconnected for falling behind or stalling a write, [ErrClosed]
 // at shutdown, [ErrTooManyClients] when it was turned away, [ErrEventsLost] when the log the
-// broker follows broke ([Broker.Append]). With [WithLogger], the broker
-// also logs each end with its reason, topics, duration and number of events: a client leaving
-// or a shutdown at level Debug, a slow or refused client, or one cut by a break in the log, at
-// Warn.
+// broker follows broke ([Broker.Append]). With [WithLogger], the broker also logs each end
+// with its reason, topics, duration and number of events: a client leaving or a shutdown at
+// level Debug, a slow or refused client, or one cut by a break in the log, at Warn.
 //
 //	b := sse.NewBroker(sse.WithLogger(slog.Default()))
 //
