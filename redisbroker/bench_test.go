@@ -117,16 +117,17 @@ func BenchmarkScript(b *testing.B) {
 	}
 	for _, batch := range []int{1, 16, 128} {
 		b.Run("batch="+strconv.Itoa(batch), func(b *testing.B) {
-			args := []any{"abcdefgh", 10000, batch}
+			var evs []byte
 			for range batch {
-				args = redisbroker.AppendEvent(args, sse.Event{Type: "tick", Data: strings.Repeat("x", 64)}, []string{"a"})
+				evs = redisbroker.AppendEvent(evs, sse.Event{Type: "tick", Data: strings.Repeat("x", 64)}, []string{"a"})
 			}
 			b.ReportAllocs()
 			cpu := redisCPU(b, rs)
 			pipe := rdb.Pipeline()
 			n, events := 0, 0
 			for events < b.N {
-				redisbroker.PublishScript.EvalSha(ctx, pipe, keys, args...)
+				// A token of its own for each call, or the script takes it for one sent again.
+				redisbroker.PublishScript.EvalSha(ctx, pipe, keys, "abcdefgh", 10000, batch, strconv.Itoa(events), evs)
 				events += batch
 				if n++; n == 100 {
 					if _, err := pipe.Exec(ctx); err != nil {
@@ -165,34 +166,41 @@ func reportRedisCPU(b *testing.B, rs *redistest.Server, before float64) {
 }
 
 // BenchmarkStart measures New on a log of 100,000 events: how long a process that starts
-// takes to read what the log retains before it serves.
+// takes to read what the log retains before it serves. The log holds one event per entry
+// (each Publish alone) or 100 (publishes at the same time, batched).
 func BenchmarkStart(b *testing.B) {
 	rs := redistest.Start(b)
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
 	defer rdb.Close()
 	ctx := context.Background()
-	keys := redisbroker.Keys("start")
-	const total, batch = 100000, 100
-	args := []any{"abcdefgh", total, batch}
-	for range batch {
-		args = redisbroker.AppendEvent(args, sse.Event{Type: "tick", Data: strings.Repeat("x", 64)}, []string{"a"})
-	}
-	pipe := rdb.Pipeline()
-	for range total / batch {
-		redisbroker.PublishScript.Eval(ctx, pipe, keys, args...)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		node, err := redisbroker.New(ctx, rdb, "start", redisbroker.WithMaxLen(total))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if got := node.Stats().Published; got != total {
-			b.Fatalf("read %d events, want %d", got, total)
-		}
-		node.Shutdown(ctx)
+	const total = 100000
+	for _, batch := range []int{1, 100} {
+		ns := "start" + strconv.Itoa(batch)
+		b.Run("batch="+strconv.Itoa(batch), func(b *testing.B) {
+			var evs []byte
+			for range batch {
+				evs = redisbroker.AppendEvent(evs, sse.Event{Type: "tick", Data: strings.Repeat("x", 64)}, []string{"a"})
+			}
+			pipe := rdb.Pipeline()
+			for i := range total / batch {
+				redisbroker.PublishScript.Eval(ctx, pipe, redisbroker.Keys(ns), "abcdefgh", total, batch, strconv.Itoa(i), evs)
+				if i%1000 == 999 || i == total/batch-1 {
+					if _, err := pipe.Exec(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				node, err := redisbroker.New(ctx, rdb, ns, redisbroker.WithMaxLen(total))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got := node.Stats().Published; got != total {
+					b.Fatalf("read %d events, want %d", got, total)
+				}
+				node.Shutdown(ctx)
+			}
+		})
 	}
 }

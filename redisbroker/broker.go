@@ -18,8 +18,9 @@
 // accepted them, and {namespace}:meta, a hash that holds the log's epoch (a random name
 // chosen when the log is begun) and the number of the last event. A Lua script numbers each
 // event and adds it to the log, trimming the log to about [WithMaxLen] entries; events
-// published at the same time go in one call. Every event's ID is the epoch and its number, as
-// in "k3j9x2a-42", unless the publisher set one: the same ID on every process.
+// published at the same time go in one call, which adds them as one entry of the log (up to
+// 128 events each). Every event's ID is the epoch and its number, as in "k3j9x2a-42", unless
+// the publisher set one: the same ID on every process.
 //
 // # What each process keeps
 //
@@ -80,11 +81,13 @@ type config struct {
 	brokerOpts     []sse.Option
 }
 
-// WithMaxLen sets about how many events the log keeps in Redis, 10000 if n is not positive.
-// Redis trims the log in whole blocks of entries (MAXLEN ~), so it may keep a few hundred
-// more. A process that starts can resume clients only from events the log still holds, and
-// each process keeps in memory at most what its sse.Broker's history allows
-// ([WithBrokerOptions]).
+// WithMaxLen sets about how many entries the log keeps in Redis, 10000 if n is not positive.
+// An entry holds the events of one call of the publish script: one event when publishes come
+// one at a time, up to 128 when many come at once. The log so keeps at least about n events,
+// and up to 128 times as many under a heavy load. Redis trims the log in whole blocks of
+// entries (MAXLEN ~), so it may keep a few hundred more. A process that starts can resume
+// clients only from events the log still holds, and reads all of them before it serves; each
+// process keeps in memory at most what its sse.Broker's history allows ([WithBrokerOptions]).
 func WithMaxLen(n int64) Option {
 	return func(c *config) {
 		if n > 0 {
@@ -245,7 +248,7 @@ func (b *Broker) PublishContext(ctx context.Context, ev sse.Event, topics ...str
 	req := &publishReq{
 		ctx:      ctx,
 		deadline: time.Now().Add(b.cfg.publishTimeout),
-		args:     appendEvent(make([]any, 0, 11), ev, topics),
+		enc:      appendEvent(make([]byte, 0, 32+len(ev.Data)), ev, topics),
 		done:     make(chan struct{}),
 	}
 	select {
@@ -299,20 +302,21 @@ var textBufs = sync.Pool{New: func() any { return new([]byte) }}
 type publishReq struct {
 	ctx      context.Context // the caller's: once it is done, or the deadline has passed, the event is not sent
 	deadline time.Time
-	args     []any // the event's part of the script's ARGV; see appendEvent
+	enc      []byte // the event as appendEvent encodes it
 	done     chan struct{}
 	epoch    string
 	seq      int64
 	err      error
 }
 
-// maxBatch is how many events the publisher sends to Redis at most in one script call. The
-// call holds up Redis for a few microseconds per event.
+// maxBatch is how many events the publisher sends to Redis at most in one script call, which
+// adds them to the log as one entry.
 const maxBatch = 128
 
 // publisher sends the events that Publish calls hand it to Redis until ctx is done: the
 // events that arrived while the previous ones were on their way go together, in one call of
-// the publish script, which costs Redis much less per event than one call each.
+// the publish script and one entry of the log, which costs Redis and every reader much less
+// per event than one call and one entry each.
 func (b *Broker) publisher(ctx context.Context) {
 	batch := make([]*publishReq, 0, maxBatch)
 	for {
@@ -364,17 +368,16 @@ func (b *Broker) take(batch []*publishReq, req *publishReq) []*publishReq {
 func (b *Broker) send(batch []*publishReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.publishTimeout)
 	defer cancel()
-	n := 4
+	n := 0
 	for _, req := range batch {
-		n += len(req.args)
+		n += len(req.enc)
 	}
-	args := make([]any, 0, n)
-	args = append(args, newEpoch(), b.cfg.maxLen, len(batch), newToken())
+	evs := make([]byte, 0, n)
 	for _, req := range batch {
-		args = append(args, req.args...)
+		evs = append(evs, req.enc...)
 	}
 	// Run sends the script itself if Redis does not have it (it restarted, say).
-	res, err := publishScript.Run(ctx, b.client, b.keys, args...).Slice()
+	res, err := publishScript.Run(ctx, b.client, b.keys, newEpoch(), b.cfg.maxLen, len(batch), newToken(), evs).Slice()
 	var epoch string
 	var last int64
 	if err == nil && len(res) == 2 {

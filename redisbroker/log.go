@@ -13,16 +13,19 @@ import (
 
 // publishScript numbers events and adds them to the log, in one step so that the order of
 // numbers is the order of the log. KEYS: meta, log. ARGV: an epoch for a log that begins, the
-// log's MAXLEN, the number of events, a token unique to the call, then for each event the
-// number of its fields and those fields and their values. It returns {epoch, the number of
-// the last event}; the events are numbered in the order given.
+// log's MAXLEN, the number of events, a token unique to the call, then the events, encoded
+// one after the other by appendEvent. It returns {epoch, the number of the last event}; the
+// events are numbered in the order given.
 //
 // The meta hash keeps the token and the answer of the last call: a call sent again with the
 // same token (go-redis sends a command again when its connection fails before the answer
 // came) gets the same answer and adds nothing, so that no event is added twice.
 //
-// One call adds a batch of events: Redis's cost per script call (a few microseconds) is then
-// shared by the batch, and each event costs little more than its XADD.
+// One call adds one entry to the log, which holds all the events of the call: the epoch, the
+// number of the first, how many there are, and the events as the caller encoded them. Redis's
+// cost per call and per entry (a few microseconds each) is then shared by the batch, and
+// each event costs it little more than its bytes; each reader reads the events of a call as
+// one entry too. MAXLEN therefore counts calls, not events.
 //
 // The meta hash is the log's memory of itself: if it is gone (Redis lost its data), what is
 // left of the log is not the log any more, so a new epoch begins, which every reader notices.
@@ -39,14 +42,7 @@ end
 local count = tonumber(ARGV[3])
 local last = redis.call('HINCRBY', KEYS[1], 'seq', count)
 redis.call('HSET', KEYS[1], 'tok', ARGV[4], 'toklast', last)
-local seq = last - count
-local i = 5
-while i <= #ARGV do
-	local n = tonumber(ARGV[i])
-	seq = seq + 1
-	redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', epoch, 's', seq, unpack(ARGV, i + 1, i + 2 * n))
-	i = i + 1 + 2 * n
-end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', epoch, 'f', last - count + 1, 'n', count, 'b', ARGV[5])
 return {epoch, last}
 `)
 
@@ -76,10 +72,18 @@ end
 return redis.call('HGET', KEYS[1], 'epoch')
 `)
 
-// The fields of a log entry. e and s are the epoch and number, t the topics, y, d, i and r
-// the event's Type, Data, ID and Retry (in nanoseconds); empty ones are left out.
+// The fields of a log entry: e, f and n are the epoch, the number of the first event and how
+// many events the entry holds, b the events, encoded by appendEvent.
+//
+// An entry that a version before batches wrote holds one event: the epoch, s its number, and
+// t, y, d, i and r its topics, Type, Data, ID and Retry (in nanoseconds), empty ones left out.
+// The reader still reads those, so that a log written before an upgrade stays readable.
 const (
 	fieldEpoch  = "e"
+	fieldFirst  = "f"
+	fieldCount  = "n"
+	fieldEvents = "b"
+
 	fieldSeq    = "s"
 	fieldTopics = "t"
 	fieldType   = "y"
@@ -88,83 +92,145 @@ const (
 	fieldRetry  = "r"
 )
 
-// appendEvent appends to the script's ARGV ev published to topics: the number of its fields,
-// then those fields and their values.
-func appendEvent(args []any, ev sse.Event, topics []string) []any {
-	at := len(args)
-	args = append(args, 0)
-	if len(topics) > 0 {
-		args = append(args, fieldTopics, encodeTopics(topics))
-	}
-	if ev.Type != "" {
-		args = append(args, fieldType, ev.Type)
-	}
-	args = append(args, fieldData, ev.Data)
-	if ev.ID != "" {
-		args = append(args, fieldID, ev.ID)
-	}
-	if ev.Retry != 0 {
-		args = append(args, fieldRetry, int64(ev.Retry))
-	}
-	args[at] = (len(args) - at - 1) / 2
-	return args
-}
-
-// encodeTopics writes each name preceded by its length and a colon, so that any bytes a name
-// holds are kept apart.
-func encodeTopics(topics []string) string {
-	var s strings.Builder
+// appendEvent appends to b ev published to topics, as five strings, each preceded by its
+// length and a colon: the topics (appendTopics), the Type, the Data, the ID and the Retry in
+// nanoseconds ("" for none). A batch's events are encoded one after the other.
+func appendEvent(b []byte, ev sse.Event, topics []string) []byte {
+	l := 0
 	for _, t := range topics {
-		s.WriteString(strconv.Itoa(len(t)))
-		s.WriteByte(':')
-		s.WriteString(t)
+		l += len(strconv.Itoa(len(t))) + 1 + len(t)
 	}
-	return s.String()
+	b = strconv.AppendInt(b, int64(l), 10)
+	b = append(b, ':')
+	b = appendTopics(b, topics)
+	b = appendString(b, ev.Type)
+	b = appendString(b, ev.Data)
+	b = appendString(b, ev.ID)
+	if ev.Retry != 0 {
+		r := strconv.FormatInt(int64(ev.Retry), 10)
+		b = appendString(b, r)
+	} else {
+		b = appendString(b, "")
+	}
+	return b
 }
 
-// decodeTopics reverses encodeTopics.
+func appendString(b []byte, s string) []byte {
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	b = append(b, ':')
+	return append(b, s...)
+}
+
+// cutString reads a string that appendString wrote at the start of s, and returns it and what
+// follows.
+func cutString(s string) (str, rest string, ok bool) {
+	n, rest, ok := strings.Cut(s, ":")
+	l, err := strconv.Atoi(n)
+	if !ok || err != nil || l < 0 || l > len(rest) {
+		return "", s, false
+	}
+	return rest[:l], rest[l:], true
+}
+
+// appendTopics appends each name preceded by its length and a colon, so that any bytes a name
+// holds are kept apart.
+func appendTopics(b []byte, topics []string) []byte {
+	for _, t := range topics {
+		b = appendString(b, t)
+	}
+	return b
+}
+
+// decodeTopics reverses appendTopics.
 func decodeTopics(s string) ([]string, error) {
 	var topics []string
 	for s != "" {
-		n, rest, ok := strings.Cut(s, ":")
-		l, err := strconv.Atoi(n)
-		if !ok || err != nil || l < 0 || l > len(rest) {
+		t, rest, ok := cutString(s)
+		if !ok {
 			return nil, fmt.Errorf("%w: topics %q", errEntry, s)
 		}
-		topics = append(topics, rest[:l])
-		s = rest[l:]
+		topics = append(topics, t)
+		s = rest
 	}
 	return topics, nil
 }
 
-// entry is one event of the log, as read back.
+// entry is one entry of the log, as read back: the events of one call of publishScript,
+// numbered first, first+1, and so on.
 type entry struct {
-	epoch  string
-	seq    uint64
+	epoch string
+	first uint64
+	evs   []logEvent
+}
+
+// logEvent is one event of an entry.
+type logEvent struct {
 	ev     sse.Event
 	topics []string
 }
 
-// decodeEntry reads a log entry that publishScript wrote.
+// decodeEntry reads a log entry that publishScript wrote. It holds at least one event.
 func decodeEntry(m redis.XMessage) (entry, error) {
 	var e entry
 	str := func(k string) string { s, _ := m.Values[k].(string); return s }
 	e.epoch = str(fieldEpoch)
+	if _, ok := m.Values[fieldEvents]; !ok {
+		return decodeOldEntry(m, e, str)
+	}
+	first, err := strconv.ParseUint(str(fieldFirst), 10, 64)
+	if e.epoch == "" || err != nil || first == 0 {
+		return e, fmt.Errorf("%w %s: no epoch or number", errEntry, m.ID)
+	}
+	e.first = first
+	b := str(fieldEvents)
+	n, err := strconv.Atoi(str(fieldCount))
+	if err != nil || n <= 0 || n > len(b)/len("0:0:0:0:0:") {
+		return e, fmt.Errorf("%w %s: count %q", errEntry, m.ID, str(fieldCount))
+	}
+	e.evs = make([]logEvent, n)
+	for i := range e.evs {
+		var f [5]string
+		for j := range f {
+			var ok bool
+			if f[j], b, ok = cutString(b); !ok {
+				return e, fmt.Errorf("%w %s: event %d of %d cut short", errEntry, m.ID, i+1, n)
+			}
+		}
+		if err := decodeEvent(&e.evs[i], m.ID, f[0], f[1], f[2], f[3], f[4]); err != nil {
+			return e, err
+		}
+	}
+	if b != "" {
+		return e, fmt.Errorf("%w %s: more than %d events", errEntry, m.ID, n)
+	}
+	return e, nil
+}
+
+// decodeOldEntry reads an entry of one event, as versions before batches wrote them.
+func decodeOldEntry(m redis.XMessage, e entry, str func(string) string) (entry, error) {
 	seq, err := strconv.ParseUint(str(fieldSeq), 10, 64)
 	if e.epoch == "" || err != nil || seq == 0 {
 		return e, fmt.Errorf("%w %s: no epoch or number", errEntry, m.ID)
 	}
-	e.seq = seq
-	if e.topics, err = decodeTopics(str(fieldTopics)); err != nil {
-		return e, err
+	e.first = seq
+	e.evs = make([]logEvent, 1)
+	err = decodeEvent(&e.evs[0], m.ID, str(fieldTopics), str(fieldType), str(fieldData), str(fieldID), str(fieldRetry))
+	return e, err
+}
+
+// decodeEvent fills le with an event's fields as the log holds them.
+func decodeEvent(le *logEvent, id, topics, typ, data, evID, retry string) error {
+	var err error
+	if le.topics, err = decodeTopics(topics); err != nil {
+		return err
 	}
-	e.ev = sse.Event{Type: str(fieldType), Data: str(fieldData), ID: str(fieldID)}
-	if r := str(fieldRetry); r != "" {
-		ns, err := strconv.ParseInt(r, 10, 64)
+	le.ev = sse.Event{Type: typ, Data: data, ID: evID}
+	if retry != "" {
+		ns, err := strconv.ParseInt(retry, 10, 64)
 		if err != nil {
-			return e, fmt.Errorf("%w %s: retry %q", errEntry, m.ID, r)
+			return fmt.Errorf("%w %s: retry %q", errEntry, id, retry)
 		}
-		e.ev.Retry = time.Duration(ns)
+		le.ev.Retry = time.Duration(ns)
 	}
-	return e, nil
+	return nil
 }

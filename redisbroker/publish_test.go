@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -158,4 +159,80 @@ func TestStartIDAfterFlush(t *testing.T) {
 	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
 	c.publish("new")
 	s.expect("new")
+}
+
+// Publishes from many goroutines at once go to Redis in batches, one log entry each: every
+// event reaches clients once, in the order of its number, with the ID its Publish returned; a
+// node that starts later reads the batches back and resumes from an ID inside one; an entry
+// that is not one Publish wrote is skipped.
+func TestBatchedPublishes(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	a, b := startNode(t, rs.Addr(), "batch"), startNode(t, rs.Addr(), "batch")
+	first := a.publish("0")
+	s := b.open(first, false)
+	waitFor(t, "the client to join", func() bool { return b.b.Stats().Clients == 1 })
+	const publishers, each = 50, 10
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ids := map[string]string{} // data → ID
+	for p := range publishers {
+		wg.Go(func() {
+			for k := range each {
+				data := strconv.Itoa(p) + "." + strconv.Itoa(k)
+				id, err := a.b.Publish(sse.Event{Data: data})
+				if err != nil {
+					t.Errorf("Publish: %v", err)
+					return
+				}
+				mu.Lock()
+				ids[data] = id
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	log := redisbroker.Keys("batch")[1]
+	// Not an entry Publish writes: skipped by every reader.
+	if got := rs.Do("XADD", log, "*", "foo", "bar"); strings.HasPrefix(got, "-") {
+		t.Fatalf("XADD: %s", got)
+	}
+	last := a.publish("last")
+	entries, _ := strconv.Atoi(rs.Do("XLEN", log)[1:])
+	if entries >= publishers*each {
+		t.Logf("%d entries for %d events: no batch formed", entries, publishers*each+2)
+	}
+	var got []string // IDs in the order received
+	for range publishers * each {
+		ev := s.next()
+		if want, ok := ids[ev.Data]; !ok || ev.LastEventID != want {
+			t.Fatalf("got %q with ID %q, want the ID Publish returned, %q", ev.Data, ev.LastEventID, want)
+		}
+		delete(ids, ev.Data)
+		got = append(got, ev.LastEventID)
+	}
+	s.expect("last")
+	for i, id := range got {
+		if want := seqOf(t, first) + 1 + i; seqOf(t, id) != want || epochOf(id) != epochOf(first) {
+			t.Fatalf("event %d has ID %q, want number %d", i, id, want)
+		}
+	}
+	// A node that starts now reads the batches, and resumes from the middle of one.
+	c := startNode(t, rs.Addr(), "batch")
+	if got, want := c.b.Stats().Published, int64(publishers*each+2); got != want {
+		t.Errorf("a node that starts read %d events, want %d", got, want)
+	}
+	mid := publishers * each / 2
+	r := c.open(got[mid-1], true)
+	for _, id := range got[mid:] {
+		if ev := r.next(); ev.LastEventID != id {
+			t.Fatalf("resuming from %q: got %+v, want ID %q", got[mid-1], ev, id)
+		}
+	}
+	if ev := r.next(); ev.LastEventID != last || ev.Data != "last" {
+		t.Fatalf("got %+v, want last", ev)
+	}
 }

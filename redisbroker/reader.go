@@ -33,7 +33,8 @@ type reader struct {
 	connID atomic.Int64 // the CLIENT ID of conn, or 0: what Shutdown unblocks
 }
 
-// pageSize is how many entries one read of the log returns at most.
+// pageSize is how many entries one read of the log returns at most; an entry holds the
+// events of one call of the publish script, up to maxBatch.
 const pageSize = 1000
 
 // readPace is the least time between the starts of two reads of the log while entries keep
@@ -290,7 +291,7 @@ func (r *reader) read(ctx context.Context, cmd redis.Cmdable, block time.Duratio
 				r.lastID = m.ID
 				continue
 			}
-			if e.seq <= r.seq {
+			if e.first <= r.seq {
 				// A number given twice: the log went back.
 				changed, err := r.renew(ctx, cmd)
 				if err != nil || changed {
@@ -298,12 +299,14 @@ func (r *reader) read(ctx context.Context, cmd redis.Cmdable, block time.Duratio
 				}
 			}
 			r.lastID = m.ID
-			r.seq = e.seq
-			// The only errors are ErrClosed, after Shutdown, and an event that Publish would
-			// have refused, which only another program can have written: its clients will
-			// get MissedType, since the numbers no longer follow.
-			if err := r.core.Append(e.epoch, e.seq, e.ev, e.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
-				r.logf(slog.LevelWarn, "skipping an entry", err)
+			for i, le := range e.evs {
+				r.seq = e.first + uint64(i)
+				// The only errors are ErrClosed, after Shutdown, and an event that Publish would
+				// have refused, which only another program can have written: its clients will
+				// get MissedType, since the numbers no longer follow.
+				if err := r.core.Append(e.epoch, r.seq, le.ev, le.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
+					r.logf(slog.LevelWarn, "skipping an event", err)
+				}
 			}
 		}
 	}
