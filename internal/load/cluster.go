@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"sse/internal/redistest"
 )
 
 // A clusterConfig is one row of the cluster scenario: nodes server processes, each with its
@@ -189,7 +190,7 @@ func startRedis(ctx context.Context) (*redisServer, error) {
 		version: version + ` (--save "" --appendonly no)`}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := pingRedis(rs.addr)
+		err := redistest.Ping(rs.addr)
 		if err == nil {
 			return rs, nil
 		}
@@ -206,26 +207,6 @@ func (rs *redisServer) stop() {
 	rs.cmd.Process.Kill()
 	rs.cmd.Wait()
 	os.RemoveAll(rs.dir)
-}
-
-func pingRedis(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING: %q", line)
-	}
-	return nil
 }
 
 // thousands writes n with commas: 10,000.
