@@ -247,7 +247,6 @@ func (s *session) read(resp *http.Response, yield func(Event, error) bool) (done
 	// The last event ID string outlives the connection (WHATWG HTML §9.2.3): an event
 	// without an id field after a reconnection still reports it.
 	d.lastID = s.lastID
-	d.id.set([]byte(s.lastID))
 	for {
 		ev, err := d.Next()
 		s.lastID = d.lastID

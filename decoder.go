@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // ErrEventTooLarge is wrapped by the error Next (and Read, and Client.Events) returns when a
@@ -37,29 +38,43 @@ type Decoder struct {
 	// buf[start:noCR] no CR, so that each line costs one search, not a search of the rest of
 	// the buffer for the line break it does not end with.
 	start, end, noLF, noCR int
-	err                    error // the error that ended reading, returned once buf is decoded
-	started                bool  // the optional leading BOM has been looked for
-	afterCR                bool  // the last line ended with CR, so that an LF next ends nothing
+	// shared reports that strings Next returned are bytes of buf[:end], which must then never
+	// be written again: fill reads on after them, or into a new buffer.
+	shared  bool
+	err     error // the error that ended reading, returned once buf is decoded
+	started bool  // the optional leading BOM has been looked for
+	afterCR bool  // the last line ended with CR at the end of buf, so that an LF next ends nothing
 
 	// The buffers of WHATWG HTML §9.2.6, kept as bytes until an event is dispatched.
-	// The data buffer is data, its lines joined by LF, or, while the block has one data line
-	// and buf still holds it, buf[pendFrom:pendTo]: a single line is not copied twice.
-	hasData          bool          // the data buffer is not empty
-	pending          bool          // the data buffer is buf[pendFrom:pendTo]
-	pendFrom, pendTo int           // the pending line's value, in buf
-	data             valueBuf      // the data buffer, without its final LF, unless pending
-	typ              valueBuf      // the event type buffer
-	id               valueBuf      // the last event ID buffer
-	idSet            bool          // an id field set id since the last dispatch
-	size             int           // the bytes of the current block's lines, comments aside
-	blockRetry       time.Duration // the reconnection time a retry field set in the current block, or -1
-	retry            time.Duration // the stream's reconnection time, or -1 until a retry field sets it
+	hasData    bool          // the data buffer is not empty
+	data       value         // the data buffer, without its final LF
+	typ        value         // the event type buffer
+	id         value         // the last event ID buffer, if an id field set it since the last dispatch
+	idSet      bool          // an id field set id since the last dispatch
+	size       int           // the bytes of the current block's lines, comments aside
+	lastSize   int           // the size of the last block
+	blockRetry time.Duration // the reconnection time a retry field set in the current block, or -1
+	retry      time.Duration // the stream's reconnection time, or -1 until a retry field sets it
 
 	lastID   string // the last event ID string
 	lastType string // the Type of the last event, reused by the next one if it is the same
 
-	strs strings.Builder // what the short strings Next returns are cut from; see string
+	strs strings.Builder // what copied strings are cut from; see string
 }
+
+// A value holds one of the buffers of WHATWG HTML §9.2.6. While it is the value of one line
+// that buf still holds, it is buf[from:to], which spares copying it (twice, for a string);
+// otherwise, it is a copy.
+type value struct {
+	from, to int
+	inBuf    bool // the value is buf[from:to], not copy
+	copy     valueBuf
+}
+
+// set makes v buf[from:to].
+func (v *value) set(from, to int) { v.from, v.to, v.inBuf = from, to, true }
+
+func (v *value) reset() { v.inBuf, v.copy.n = false, 0 }
 
 // NewDecoder returns a Decoder that reads from r.
 func NewDecoder(r io.Reader) *Decoder {
@@ -85,44 +100,36 @@ func (d *Decoder) LastEventID() string { return d.lastID }
 // (io.ErrNoProgress after many empty reads). Once Next has returned an error, it returns the
 // same error again.
 //
-// Strings of up to 256 bytes are cut from buffers of 4 KiB that several events share, so
-// that a stream of small events costs few allocations: keeping one such string keeps its
-// buffer.
+// The Data and ID of an event are, where the stream allows, the very bytes the Decoder read
+// them into, not copies: those bytes are never written again, and a string kept keeps the
+// buffer it was read into (16 KiB, or as much as a longer line needed). To keep a few small
+// strings of a long stream, and not the rest, keep clones of them (strings.Clone).
 func (d *Decoder) Next() (Event, error) {
 	for {
-		if d.start == d.end && d.err != nil {
-			return Event{}, d.fail()
-		}
-		if !d.started && !d.skipBOM() {
-			d.fill()
-			continue
-		}
-		if d.afterCR && d.start < d.end {
-			// WHATWG HTML §9.2.6: CRLF is one line break, even when the LF comes in a later read.
-			d.afterCR = false
-			if d.buf[d.start] == '\n' {
-				d.start++
-				continue
-			}
-		}
 		i := d.eol()
 		if i == d.end {
-			if d.err != nil {
-				return Event{}, d.fail()
-			}
-			if err := d.checkPartial(); err != nil {
+			if err := d.more(); err != nil {
 				return Event{}, err
 			}
-			d.fill()
 			continue
 		}
 		line := d.buf[d.start:i]
-		// WHATWG HTML §9.2.6: a lone CR ends a line at once; the LF of a CRLF is skipped above.
-		d.afterCR = d.buf[i] == '\r'
 		d.start = i + 1
+		if d.buf[i] == '\r' {
+			// WHATWG HTML §9.2.6: a lone CR ends a line at once, and CRLF is one line break,
+			// even when the LF comes in a later read (see more).
+			if d.start == d.end {
+				d.afterCR = true
+			} else if d.buf[d.start] == '\n' {
+				d.start++
+			}
+		}
 		if len(line) == 0 {
 			if d.dispatch() {
-				return d.event(), nil
+				// The event is built here rather than returned by event: a struct result
+				// goes through memory, which costs more than decoding a small event.
+				typ, data, retry := d.event()
+				return Event{ID: d.lastID, Type: typ, Data: data, Retry: retry}, nil
 			}
 			continue
 		}
@@ -132,20 +139,41 @@ func (d *Decoder) Next() (Event, error) {
 	}
 }
 
+// more reads more of the stream when buf holds no whole line, or returns the error that
+// ended it.
+func (d *Decoder) more() error {
+	if d.err != nil {
+		return d.fail()
+	}
+	if err := d.checkPartial(); err != nil {
+		return err
+	}
+	d.fill()
+	if d.afterCR && d.start < d.end {
+		d.afterCR = false
+		if d.buf[d.start] == '\n' {
+			d.start++
+		}
+	}
+	if !d.started {
+		d.skipBOM()
+	}
+	return nil
+}
+
 var bom = []byte("\xef\xbb\xbf")
 
 // skipBOM skips one leading byte order mark (WHATWG HTML §9.2.5: the stream is decoded with
-// "UTF-8 decode", which strips one). It reports false if it needs more bytes to tell.
-func (d *Decoder) skipBOM() bool {
+// "UTF-8 decode", which strips one), unless it needs more bytes to tell.
+func (d *Decoder) skipBOM() {
 	b := d.buf[d.start:d.end]
 	if len(b) < len(bom) && bytes.HasPrefix(bom, b) && d.err == nil {
-		return false
+		return // no line break yet: more calls again
 	}
 	d.started = true
 	if bytes.HasPrefix(b, bom) {
 		d.start += len(bom)
 	}
-	return true
 }
 
 // eol returns the index in buf of the first CR or LF in buf[start:end], or end.
@@ -194,7 +222,7 @@ func (d *Decoder) max() int {
 
 func (d *Decoder) tooLarge() error {
 	d.err = &tooLargeError{d.max()}
-	d.start, d.end = 0, 0
+	d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
 	return d.err
 }
 
@@ -207,31 +235,39 @@ func (e *tooLargeError) Error() string {
 
 func (e *tooLargeError) Unwrap() error { return ErrEventTooLarge }
 
-// minRead is the least free space fill reads into.
-const minRead = 4 << 10
+const (
+	minRead = 4 << 10  // the least free space fill reads into
+	bufSize = 16 << 10 // the least size of a new buffer
+	// A new buffer holds bufEvents events the size of the last, up to maxBufSize, so that
+	// moving an event that straddles two buffers costs little.
+	bufEvents  = 16
+	maxBufSize = 256 << 10
+)
 
 // fill reads more of the stream into buf, making room first.
 func (d *Decoder) fill() {
-	if d.pending {
-		// The line is about to be overwritten.
-		d.data.set(d.buf[d.pendFrom:d.pendTo])
-		d.pending = false
-	}
-	if d.start == d.end {
+	if d.start == d.end && d.end > 0 && !d.shared {
+		// Nothing in buf is needed: read into it from the start.
+		d.keep()
 		d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
 		if len(d.buf) > maxKeptBuffer {
 			d.buf = nil // one long line does not keep its buffer for the life of the stream
 		}
 	}
 	if len(d.buf)-d.end < minRead {
+		d.keep()
+		n := d.end - d.start
 		buf := d.buf
-		if d.start == 0 || d.end-d.start > len(d.buf)/2 {
-			buf = make([]byte, max(2*len(d.buf), 4*minRead))
-		} // else move the partial line to the front rather than grow
-		n := copy(buf, d.buf[d.start:d.end])
+		switch {
+		case d.start == 0 || n > len(d.buf)/2:
+			buf = make([]byte, max(2*len(d.buf), bufSize)) // the line needs more room
+		case d.shared:
+			buf = make([]byte, min(max(bufEvents*d.lastSize, bufSize), maxBufSize))
+		} // else move the partial line to the front
+		copy(buf, d.buf[d.start:d.end])
 		d.noLF -= d.start
 		d.noCR -= d.start
-		d.buf, d.start, d.end = buf, 0, n
+		d.buf, d.start, d.end, d.shared = buf, 0, n, false
 	}
 	// io.Reader allows reading nothing and no error; bufio.Reader gives up after 100 of those.
 	for range 100 {
@@ -252,6 +288,16 @@ func (d *Decoder) fill() {
 	d.err = io.ErrNoProgress
 }
 
+// keep copies the values that are bytes of buf, which fill is about to overwrite or leave.
+func (d *Decoder) keep() {
+	for _, v := range [...]*value{&d.data, &d.typ, &d.id} {
+		if v.inBuf {
+			v.copy.set(d.buf[v.from:v.to])
+			v.inBuf = false
+		}
+	}
+}
+
 // fail turns the error that ended reading into Next's: an end of stream inside an event or a
 // line is unexpected. It discards what is pending, as WHATWG HTML §9.2.6 does at the end.
 func (d *Decoder) fail() error {
@@ -259,7 +305,9 @@ func (d *Decoder) fail() error {
 		d.err = io.ErrUnexpectedEOF
 	}
 	d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
-	d.hasData, d.pending, d.data.n, d.typ.n, d.size = false, false, 0, 0, 0
+	d.hasData, d.size = false, 0
+	d.data.reset()
+	d.typ.reset()
 	return d.err
 }
 
@@ -276,31 +324,31 @@ func (d *Decoder) field(line []byte, at int) error {
 	}
 	// The names are compared as bytes, which is the same as comparing the decoded text: they
 	// are ASCII, and no invalid UTF-8 sequence decodes to ASCII. The first byte tells which
-	// name a line may have, which spares looking for the colon.
+	// name a line may have, which spares looking for the colon. A value v ends line, which
+	// starts at at in buf.
+	end := at + len(line)
 	switch line[0] {
 	case 'd':
 		if v, ok := fieldValue(line, "data"); ok {
-			switch {
-			case !d.hasData:
-				// v ends line, which starts at at in buf.
-				d.hasData, d.pending = true, true
-				d.pendFrom, d.pendTo = at+len(line)-len(v), at+len(line)
-			case d.pending:
-				d.data.set(d.buf[d.pendFrom:d.pendTo])
-				d.pending = false
-				fallthrough
-			default:
-				d.data.add(lf)
-				d.data.add(v)
+			if !d.hasData {
+				d.hasData = true
+				d.data.set(end-len(v), end)
+				break
 			}
+			if d.data.inBuf {
+				d.data.copy.set(d.buf[d.data.from:d.data.to])
+				d.data.inBuf = false
+			}
+			d.data.copy.add(lf)
+			d.data.copy.add(v)
 		}
 	case 'e':
 		if v, ok := fieldValue(line, "event"); ok {
-			d.typ.set(v)
+			d.typ.set(end-len(v), end)
 		}
 	case 'i':
 		if v, ok := fieldValue(line, "id"); ok && bytes.IndexByte(v, 0) < 0 {
-			d.id.set(v)
+			d.id.set(end-len(v), end)
 			d.idSet = true
 		}
 	case 'r':
@@ -351,41 +399,68 @@ func parseRetry(b []byte) (time.Duration, bool) {
 // dispatch runs "dispatch the event" at a blank line, and reports whether there is an event
 // to return, which event then makes.
 func (d *Decoder) dispatch() bool {
-	d.size = 0
-	// The last event ID buffer is not reset, so that a later event without an id keeps it.
+	d.lastSize, d.size = d.size, 0
+	// The last event ID buffer is not reset, so that a later event without an id keeps it:
+	// the last event ID string changes only when an id field set the buffer.
 	if d.idSet {
 		d.idSet = false
-		if id := d.id.bytes(); string(id) != d.lastID {
-			d.lastID = d.string(id)
+		if id := d.bytes(&d.id); string(id) != d.lastID {
+			d.lastID = d.string(&d.id)
 		}
+		d.id.reset()
 	}
 	if !d.hasData {
 		// No data: no event, but the type buffer is reset all the same.
-		d.typ.n, d.blockRetry = 0, -1
+		d.typ.reset()
+		d.blockRetry = -1
 		return false
 	}
 	return true
 }
 
-// event returns the event dispatch found, and empties the buffers for the next.
-func (d *Decoder) event() Event {
-	data := d.data.bytes()
-	if d.pending {
-		data = d.buf[d.pendFrom:d.pendTo]
-	}
-	var typ string
-	if b := d.typ.bytes(); len(b) > 0 {
+// event returns the type, data and retry of the event dispatch found, and empties the
+// buffers for the next.
+func (d *Decoder) event() (typ, data string, retry time.Duration) {
+	if b := d.bytes(&d.typ); len(b) > 0 {
 		if string(b) != d.lastType {
-			d.lastType = d.string(b)
+			// A copy: the type is kept for the events after, and need not keep buf.
+			d.lastType = d.copyString(b)
 		}
 		typ = d.lastType
 	}
-	retry := max(d.blockRetry, 0)
-	d.hasData, d.pending, d.data.n, d.typ.n, d.blockRetry = false, false, 0, 0, -1
-	if cap(d.data.b) > maxKeptBuffer {
-		d.data.b = nil // do not pin one large event's buffer for the life of the stream
+	data, retry = d.string(&d.data), max(d.blockRetry, 0)
+	d.hasData, d.blockRetry = false, -1
+	d.data.reset()
+	d.typ.reset()
+	if cap(d.data.copy.b) > maxKeptBuffer {
+		d.data.copy.b = nil // do not pin one large event's buffer for the life of the stream
 	}
-	return Event{ID: d.lastID, Type: typ, Data: d.string(data), Retry: retry}
+	return typ, data, retry
+}
+
+// bytes returns the bytes of v.
+func (d *Decoder) bytes(v *value) []byte {
+	if v.inBuf {
+		return d.buf[v.from:v.to]
+	}
+	return v.copy.bytes()
+}
+
+// string returns v as a string, decoded as UTF-8 (see decodeUTF8). Valid text in buf is not
+// copied: the string is those bytes of buf, which are then never written again.
+func (d *Decoder) string(v *value) string {
+	if !v.inBuf {
+		return d.copyString(v.copy.bytes())
+	}
+	b := d.buf[v.from:v.to]
+	if len(b) == 0 {
+		return ""
+	}
+	if !isASCII(b) && !utf8.Valid(b) {
+		return decodeUTF8(b)
+	}
+	d.shared = true
+	return unsafe.String(&b[0], len(b))
 }
 
 // A valueBuf is a reusable buffer. Its length is kept apart from its slice, so that setting it
@@ -423,8 +498,8 @@ const (
 	maxSharedString = 256
 )
 
-// string returns b decoded as UTF-8 (see decodeUTF8).
-func (d *Decoder) string(b []byte) string {
+// copyString returns a copy of b, decoded as UTF-8 (see decodeUTF8).
+func (d *Decoder) copyString(b []byte) string {
 	if len(b) > maxSharedString || !isASCII(b) && !utf8.Valid(b) {
 		return decodeUTF8(b)
 	}
