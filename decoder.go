@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -260,9 +261,9 @@ func (d *Decoder) fill() {
 		buf := d.buf
 		switch {
 		case d.start == 0 || n > len(d.buf)/2:
-			buf = make([]byte, max(2*len(d.buf), bufSize)) // the line needs more room
+			buf = newBuffer(2 * len(d.buf)) // the line needs more room
 		case d.shared:
-			buf = make([]byte, min(max(bufEvents*d.lastSize, bufSize), maxBufSize))
+			buf = newBuffer(min(bufEvents*d.lastSize, maxBufSize))
 		} // else move the partial line to the front
 		copy(buf, d.buf[d.start:d.end])
 		d.noLF -= d.start
@@ -286,6 +287,13 @@ func (d *Decoder) fill() {
 		}
 	}
 	d.err = io.ErrNoProgress
+}
+
+// newBuffer returns a buffer of at least size and bufSize bytes, and as many more as its
+// allocation holds anyway.
+func newBuffer(size int) []byte {
+	b := slices.Grow([]byte(nil), max(size, bufSize))
+	return b[:cap(b)]
 }
 
 // keep copies the values that are bytes of buf, which fill is about to overwrite or leave.
