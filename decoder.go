@@ -263,7 +263,7 @@ func (d *Decoder) fill() {
 		case d.start == 0 || n > len(d.buf)/2:
 			buf = newBuffer(2 * len(d.buf)) // the line needs more room
 		case d.shared:
-			buf = newBuffer(min(bufEvents*d.lastSize, maxBufSize))
+			buf = newBuffer(max(min(bufEvents*d.lastSize, maxBufSize), n+minRead))
 		} // else move the partial line to the front
 		copy(buf, d.buf[d.start:d.end])
 		d.noLF -= d.start

@@ -576,3 +576,38 @@ func TestDecoderStringsStay(t *testing.T) {
 		t.Errorf("kept events changed after later ones were decoded")
 	}
 }
+
+// TestDecoderLongStreams checks streams long enough to span many buffers, with values of up
+// to 40 KiB and reads of random sizes, against the spec decoder, comparing every event only
+// once the whole stream is decoded: values that straddle two buffers are copied, values
+// still in a buffer are not, and no buffer a returned string came from is written again.
+func TestDecoderLongStreams(t *testing.T) {
+	for seed := range uint64(8) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		var stream []byte
+		for len(stream) < 1<<20 {
+			stream = append(stream, randomStream(rng)...)
+			if rng.IntN(3) == 0 {
+				long := strings.Repeat(string("xé\xff:"[rng.IntN(4)]), rng.IntN(40<<10))
+				stream = append(stream, []string{"data: ", "id: ", "event: ", ": "}[rng.IntN(4)]+long...)
+			}
+		}
+		want, wantID, _, _ := specDecode(stream)
+		d := NewDecoder(&splitReader{stream, rng})
+		got, err := decodeAll(d)
+		if err != io.EOF && err != io.ErrUnexpectedEOF {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("seed %d: %d events, spec says %d", seed, len(got), len(want))
+		}
+		for i := range got {
+			if msg := compareSpec(got[i], want[i]); msg != "" {
+				t.Fatalf("seed %d: event %d: %s", seed, i, msg)
+			}
+		}
+		if d.LastEventID() != wantID {
+			t.Errorf("seed %d: LastEventID() = %q, spec says %q", seed, d.LastEventID(), wantID)
+		}
+	}
+}
