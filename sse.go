@@ -136,6 +136,10 @@
 // It runs in the goroutine that ranges over it, and starts none. Decoder is not safe for
 // concurrent use; Client is.
 //
+// A decoded event's Data and ID are the bytes the Decoder read them into, not copies, so a
+// string kept keeps its read buffer (16 KiB for small events): keep a clone
+// (strings.Clone) of a small string that outlives most of the stream.
+//
 // # Concurrency
 //
 // Broker is safe for concurrent use. Each stream is written only by the goroutine net/http
