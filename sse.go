@@ -136,9 +136,8 @@
 // It runs in the goroutine that ranges over it, and starts none. Decoder is not safe for
 // concurrent use; Client is.
 //
-// A decoded event's Data and ID are the bytes the Decoder read them into, not copies, so a
-// string kept keeps its read buffer (16 KiB for small events): keep a clone
-// (strings.Clone) of a small string that outlives most of the stream.
+// The strings of a decoded event share their memory with others (see [Decoder.Next]): keep
+// a clone (strings.Clone) of one that outlives most of the stream.
 //
 // # Concurrency
 //
