@@ -104,7 +104,7 @@ func (d *Decoder) LastEventID() string { return d.lastID }
 // Strings of up to 256 bytes are cut from 4 KiB buffers that several events share. A longer
 // one is, where the stream allows, the very bytes the Decoder read it into, not a copy: those
 // bytes are never written again. Either way, a string kept keeps the buffer it was cut from
-// (4 KiB, or the read buffer: 16 KiB, or room for 16 events like the last, up to 256 KiB).
+// (4 KiB, or the read buffer: 8 KiB, or room for 16 events like the last, up to 256 KiB).
 // To keep a few strings of a long stream, and not the rest, keep clones of them
 // (strings.Clone).
 func (d *Decoder) Next() (Event, error) {
@@ -239,8 +239,8 @@ func (e *tooLargeError) Error() string {
 func (e *tooLargeError) Unwrap() error { return ErrEventTooLarge }
 
 const (
-	minRead = 4 << 10  // the least free space fill reads into
-	bufSize = 16 << 10 // the least size of a new buffer
+	minRead = 4 << 10 // the least free space fill reads into
+	bufSize = 8 << 10 // the least size of a new buffer
 	// A new buffer holds bufEvents events the size of the last, up to maxBufSize, so that
 	// moving an event that straddles two buffers costs little.
 	bufEvents  = 16
