@@ -39,9 +39,9 @@ type Decoder struct {
 	// buf[start:noCR] no CR, so that each line costs one search, not a search of the rest of
 	// the buffer for the line break it does not end with.
 	start, end, noLF, noCR int
-	// shared reports that strings Next returned are bytes of buf[:end], which must then never
-	// be written again: fill reads on after them, or into a new buffer.
-	shared  bool
+	// aliased reports whether strings Next returned are bytes of buf[:end], which must then
+	// never be written again: fill reads on after them, or into a new buffer.
+	aliased bool
 	err     error // the error that ended reading, returned once buf is decoded
 	started bool  // the optional leading BOM has been looked for
 	afterCR bool  // the last line ended with CR at the end of buf, so that an LF next ends nothing
@@ -77,6 +77,14 @@ func (v *value) set(from, to int) { v.from, v.to, v.inBuf = from, to, true }
 
 func (v *value) reset() { v.inBuf, v.copy.n = false, 0 }
 
+// own makes v a copy, if it is bytes of buf.
+func (v *value) own(buf []byte) {
+	if v.inBuf {
+		v.copy.set(buf[v.from:v.to])
+		v.inBuf = false
+	}
+}
+
 // NewDecoder returns a Decoder that reads from r.
 func NewDecoder(r io.Reader) *Decoder {
 	return &Decoder{r: r, blockRetry: -1, retry: -1}
@@ -102,8 +110,8 @@ func (d *Decoder) LastEventID() string { return d.lastID }
 // same error again.
 //
 // Strings of up to 256 bytes are cut from 4 KiB buffers that several events share. A longer
-// one is, where the stream allows, the very bytes the Decoder read it into, not a copy: those
-// bytes are never written again. Either way, a string kept keeps the buffer it was cut from
+// Data is, where the stream allows (one data line of valid UTF-8), the very bytes the Decoder
+// read it into, not a copy: those bytes are never written again. Either way, a string kept keeps the buffer it was cut from
 // (4 KiB, or the read buffer: 8 KiB, or room for 16 events like the last, up to 256 KiB).
 // To keep a few strings of a long stream, and not the rest, keep clones of them
 // (strings.Clone).
@@ -143,13 +151,16 @@ func (d *Decoder) Next() (Event, error) {
 }
 
 // more reads more of the stream when buf holds no whole line, or returns the error that
-// ended it.
+// ended it. It also skips what can only be told once more is read: the LF of a CRLF split
+// between two reads, and a leading BOM.
 func (d *Decoder) more() error {
 	if d.err != nil {
 		return d.fail()
 	}
-	if err := d.checkPartial(); err != nil {
-		return err
+	if d.started { // else buf holds no more than a part of a BOM
+		if err := d.checkPartial(); err != nil {
+			return err
+		}
 	}
 	d.fill()
 	if d.afterCR && d.start < d.end {
@@ -249,12 +260,12 @@ const (
 
 // fill reads more of the stream into buf, making room first.
 func (d *Decoder) fill() {
-	if d.start == d.end && d.end > 0 && !d.shared {
+	if d.start == d.end && d.end > 0 && !d.aliased {
 		// Nothing in buf is needed: read into it from the start.
 		d.keep()
 		d.start, d.end, d.noLF, d.noCR = 0, 0, 0, 0
-		if len(d.buf) > maxKeptBuffer {
-			d.buf = nil // one long line does not keep its buffer for the life of the stream
+		if len(d.buf) > maxBufSize {
+			d.buf = nil // a long line's buffer is not kept for the lines after it
 		}
 	}
 	if len(d.buf)-d.end < minRead {
@@ -264,13 +275,13 @@ func (d *Decoder) fill() {
 		switch {
 		case d.start == 0 || n > len(d.buf)/2:
 			buf = newBuffer(2 * len(d.buf)) // the line needs more room
-		case d.shared:
+		case d.aliased || d.buf == nil:
 			buf = newBuffer(max(min(bufEvents*d.lastSize, maxBufSize), n+minRead))
 		} // else move the partial line to the front
 		copy(buf, d.buf[d.start:d.end])
 		d.noLF -= d.start
 		d.noCR -= d.start
-		d.buf, d.start, d.end, d.shared = buf, 0, n, false
+		d.buf, d.start, d.end, d.aliased = buf, 0, n, false
 	}
 	// io.Reader allows reading nothing and no error; bufio.Reader gives up after 100 of those.
 	for range 100 {
@@ -300,12 +311,9 @@ func newBuffer(size int) []byte {
 
 // keep copies the values that are bytes of buf, which fill is about to overwrite or leave.
 func (d *Decoder) keep() {
-	for _, v := range [...]*value{&d.data, &d.typ, &d.id} {
-		if v.inBuf {
-			v.copy.set(d.buf[v.from:v.to])
-			v.inBuf = false
-		}
-	}
+	d.data.own(d.buf)
+	d.typ.own(d.buf)
+	d.id.own(d.buf)
 }
 
 // fail turns the error that ended reading into Next's: an end of stream inside an event or a
@@ -345,10 +353,7 @@ func (d *Decoder) field(line []byte, at int) error {
 				d.data.set(end-len(v), end)
 				break
 			}
-			if d.data.inBuf {
-				d.data.copy.set(d.buf[d.data.from:d.data.to])
-				d.data.inBuf = false
-			}
+			d.data.own(d.buf)
 			d.data.copy.add(lf)
 			d.data.copy.add(v)
 		}
@@ -415,7 +420,8 @@ func (d *Decoder) dispatch() bool {
 	if d.idSet {
 		d.idSet = false
 		if id := d.bytes(&d.id); string(id) != d.lastID {
-			d.lastID = d.string(&d.id)
+			// A copy: the ID is kept for the events after, and need not keep buf.
+			d.lastID = d.copyString(id)
 		}
 		d.id.reset()
 	}
@@ -458,19 +464,20 @@ func (d *Decoder) bytes(v *value) []byte {
 
 // string returns v as a string, decoded as UTF-8 (see decodeUTF8). A long value in buf is
 // not copied: the string is those bytes of buf, which are then never written again. A short
-// one is copied, so that buf can be read into again.
+// one is copied, so that buf can be read into again, and so is one in a buffer grown for a
+// long line, which a string should not keep.
 func (d *Decoder) string(v *value) string {
 	if !v.inBuf {
 		return d.copyString(v.copy.bytes())
 	}
 	b := d.buf[v.from:v.to]
-	if len(b) <= maxSharedString {
+	if len(b) <= maxSharedString || len(d.buf) > maxBufSize {
 		return d.copyString(b)
 	}
 	if !isASCII(b) && !utf8.Valid(b) {
 		return decodeUTF8(b)
 	}
-	d.shared = true
+	d.aliased = true
 	return unsafe.String(&b[0], len(b))
 }
 

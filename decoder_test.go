@@ -588,8 +588,10 @@ func TestDecoderLongStreams(t *testing.T) {
 		for len(stream) < 1<<20 {
 			stream = append(stream, randomStream(rng)...)
 			if rng.IntN(3) == 0 {
-				long := strings.Repeat(string("xé\xff:"[rng.IntN(4)]), rng.IntN(40<<10))
-				stream = append(stream, []string{"data: ", "id: ", "event: ", ": "}[rng.IntN(4)]+long...)
+				long := strings.Repeat([]string{"x", "é", "\xff", ":"}[rng.IntN(4)], rng.IntN(20<<10))
+				field := []string{"data: ", "id: ", "event: ", ": "}[rng.IntN(4)]
+				end := []string{"\n", "\n\n", "\r\n\r\n", ""}[rng.IntN(4)]
+				stream = append(stream, "\n"+field+long+end...)
 			}
 		}
 		want, wantID, _, _ := specDecode(stream)
@@ -610,4 +612,140 @@ func TestDecoderLongStreams(t *testing.T) {
 			t.Errorf("seed %d: LastEventID() = %q, spec says %q", seed, d.LastEventID(), wantID)
 		}
 	}
+}
+
+// chunkReader returns its chunks one per Read, cutting one longer than the room.
+type chunkReader struct{ chunks []string }
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if len(r.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.chunks[0])
+	if r.chunks[0] = r.chunks[0][n:]; r.chunks[0] == "" {
+		r.chunks = r.chunks[1:]
+	}
+	return n, nil
+}
+
+// A leading BOM is not part of any event: a limit of one byte lets it and a blank line
+// through, however the stream is split.
+func TestDecoderMaxEventSizeBOM(t *testing.T) {
+	for _, stream := range []string{"\ufeff", "\ufeff\n", "\ufeff:\n\n"} {
+		d := NewDecoder(iotest.OneByteReader(strings.NewReader(stream)))
+		d.MaxEventSize = 1
+		if evs, err := decodeAll(d); len(evs) != 0 || err != io.EOF {
+			t.Errorf("decode(%q) one byte a read = %d events, %v; want none, EOF", stream, len(evs), err)
+		}
+	}
+}
+
+// TestDecoderLongDataStays keeps every event of a stream of long data, whose strings are
+// the bytes the Decoder read, and checks them once the stream is decoded. The stream is
+// read one event per Read, so that reads end where events do and the Decoder finds its
+// buffer drained, and in cuts of random sizes.
+func TestDecoderLongDataStays(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var events []string
+	var want []Event
+	for i := range 2000 {
+		ev := Event{ID: strconv.Itoa(i), Data: strings.Repeat(string(rune('a'+i%26)), maxSharedString+1+rng.IntN(3000))}
+		want = append(want, ev)
+		events = append(events, "id: "+ev.ID+"\ndata: "+ev.Data+"\n\n")
+	}
+	var cuts []string
+	for s := strings.Join(events, ""); s != ""; {
+		n := min(len(s), 1+rng.IntN(5000))
+		cuts = append(cuts, s[:n])
+		s = s[n:]
+	}
+	for name, chunks := range map[string][]string{"events": events, "cuts": cuts} {
+		got, err := decodeAll(NewDecoder(&chunkReader{slices.Clone(chunks)}))
+		if err != io.EOF || len(got) != len(want) {
+			t.Fatalf("%s: %d events, %v; want %d, EOF", name, len(got), err, len(want))
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("%s: event %d changed after later ones were decoded", name, i)
+			}
+		}
+	}
+}
+
+// FuzzDecoderMaxEventSize checks small limits: a stream decodes as the spec says until the
+// first line that takes an event (or a comment) over the limit, and then fails with
+// ErrEventTooLarge, or io.ErrUnexpectedEOF if that line is the stream's unterminated last.
+func FuzzDecoderMaxEventSize(f *testing.F) {
+	for _, tt := range decoderTests {
+		f.Add([]byte(tt.stream), uint64(len(tt.name)), uint8(len(tt.stream)))
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 20 {
+		f.Add(randomStream(rng), uint64(i), uint8(i))
+	}
+	f.Fuzz(func(t *testing.T, stream []byte, seed uint64, m uint8) {
+		limit := 1 + int(m)%48
+		prefix, terminated, over := overLimit(stream, limit)
+		d := NewDecoder(&splitReader{stream, rand.New(rand.NewPCG(seed, seed))})
+		d.MaxEventSize = limit
+		got, err := decodeAll(d)
+		switch {
+		case !over && err != io.EOF && err != io.ErrUnexpectedEOF:
+			t.Fatalf("limit %d: decode(%q): %v", limit, stream, err)
+		case over && !errors.Is(err, ErrEventTooLarge) && (terminated || err != io.ErrUnexpectedEOF):
+			t.Fatalf("limit %d: decode(%q): %v, want too large", limit, stream, err)
+		}
+		want, wantID, _, _ := specDecode(stream[:prefix])
+		if len(got) != len(want) {
+			t.Fatalf("limit %d: decode(%q) = %+v, spec says %+v", limit, stream, got, want)
+		}
+		for i := range got {
+			if msg := compareSpec(got[i], want[i]); msg != "" {
+				t.Fatalf("limit %d: decode(%q) event %d: %s", limit, stream, i, msg)
+			}
+		}
+		if !over && d.LastEventID() != wantID {
+			t.Errorf("limit %d: decode(%q): LastEventID() = %q, spec says %q", limit, stream, d.LastEventID(), wantID)
+		}
+	})
+}
+
+// overLimit returns the length of the part of stream before the first line that takes the
+// bytes of an event's lines (or of a comment) over limit, whether that line is terminated,
+// and whether there is such a line; prefix is len(stream) if there is none.
+func overLimit(stream []byte, limit int) (prefix int, terminated, over bool) {
+	at := 0
+	if bytes.HasPrefix(stream, []byte("\ufeff")) {
+		at = 3
+	}
+	size := 0
+	for at < len(stream) {
+		n := bytes.IndexAny(stream[at:], "\r\n")
+		if n < 0 {
+			line := stream[at:]
+			if line[0] == ':' {
+				return at, false, len(line) > limit
+			}
+			return at, false, size+len(line) > limit
+		}
+		line := stream[at : at+n]
+		next := at + n + 1
+		if stream[at+n] == '\r' && next < len(stream) && stream[next] == '\n' {
+			next++
+		}
+		switch {
+		case len(line) == 0:
+			size = 0
+		case line[0] == ':':
+			if len(line) > limit {
+				return at, true, true
+			}
+		default:
+			if size += len(line) + 1; size > limit {
+				return at, true, true
+			}
+		}
+		at = next
+	}
+	return len(stream), true, false
 }
