@@ -60,7 +60,7 @@ type Decoder struct {
 	lastID   string // the last event ID string
 	lastType string // the Type of the last event, reused by the next one if it is the same
 
-	strs strings.Builder // what copied strings are cut from; see string
+	strs strings.Builder // what short strings are cut from; see copyString
 }
 
 // A value holds one of the buffers of WHATWG HTML §9.2.6. While it is the value of one line
@@ -111,10 +111,10 @@ func (d *Decoder) LastEventID() string { return d.lastID }
 //
 // Strings of up to 256 bytes are cut from 4 KiB buffers that several events share. A longer
 // Data is, where the stream allows (one data line of valid UTF-8), the very bytes the Decoder
-// read it into, not a copy: those bytes are never written again. Either way, a string kept keeps the buffer it was cut from
-// (4 KiB, or the read buffer: 8 KiB, or room for 16 events like the last, up to 256 KiB).
-// To keep a few strings of a long stream, and not the rest, keep clones of them
-// (strings.Clone).
+// read it into, not a copy: those bytes are never written again. Either way, a string kept
+// keeps the buffer it was cut from (4 KiB, or the read buffer: 8 KiB, or room for 16 events
+// like the last, up to 256 KiB). To keep a few strings of a long stream, and not the rest,
+// keep clones of them (strings.Clone).
 func (d *Decoder) Next() (Event, error) {
 	for {
 		i := d.eol()
