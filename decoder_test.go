@@ -3,6 +3,7 @@ package sse
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -409,14 +410,7 @@ func FuzzDecoder(f *testing.F) {
 		if err != io.EOF && err != io.ErrUnexpectedEOF {
 			t.Fatalf("decode(%q): %v", stream, err)
 		}
-		if len(got) != len(want) {
-			t.Fatalf("decode(%q) = %+v, spec says %+v", stream, got, want)
-		}
-		for i := range got {
-			if msg := compareSpec(got[i], want[i]); msg != "" {
-				t.Fatalf("decode(%q) event %d: %s", stream, i, msg)
-			}
-		}
+		agreeWithSpec(t, fmt.Sprintf("decode(%q)", stream), got, want)
 		if d.LastEventID() != wantID {
 			t.Errorf("decode(%q): LastEventID() = %q, spec says %q", stream, d.LastEventID(), wantID)
 		}
@@ -438,6 +432,23 @@ func specDecode(stream []byte) (evs []spec.Event, lastID string, retry int64, er
 			return evs, d.LastEventID(), d.Retry(), err
 		}
 		evs = append(evs, ev)
+	}
+}
+
+// agreeWithSpec fails t, saying what decoded, unless got are the events the spec decoder
+// dispatched.
+func agreeWithSpec(t *testing.T, what string, got []Event, want []spec.Event) {
+	t.Helper()
+	if len(got) != len(want) {
+		if len(got)+len(want) > 20 {
+			t.Fatalf("%s: %d events, spec says %d", what, len(got), len(want))
+		}
+		t.Fatalf("%s = %+v, spec says %+v", what, got, want)
+	}
+	for i := range got {
+		if msg := compareSpec(got[i], want[i]); msg != "" {
+			t.Fatalf("%s: event %d: %s", what, i, msg)
+		}
 	}
 }
 
@@ -600,14 +611,7 @@ func TestDecoderLongStreams(t *testing.T) {
 		if err != io.EOF && err != io.ErrUnexpectedEOF {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
-		if len(got) != len(want) {
-			t.Fatalf("seed %d: %d events, spec says %d", seed, len(got), len(want))
-		}
-		for i := range got {
-			if msg := compareSpec(got[i], want[i]); msg != "" {
-				t.Fatalf("seed %d: event %d: %s", seed, i, msg)
-			}
-		}
+		agreeWithSpec(t, fmt.Sprintf("seed %d", seed), got, want)
 		if d.LastEventID() != wantID {
 			t.Errorf("seed %d: LastEventID() = %q, spec says %q", seed, d.LastEventID(), wantID)
 		}
@@ -696,14 +700,7 @@ func FuzzDecoderMaxEventSize(f *testing.F) {
 			t.Fatalf("limit %d: decode(%q): %v, want too large", limit, stream, err)
 		}
 		want, wantID, _, _ := specDecode(stream[:prefix])
-		if len(got) != len(want) {
-			t.Fatalf("limit %d: decode(%q) = %+v, spec says %+v", limit, stream, got, want)
-		}
-		for i := range got {
-			if msg := compareSpec(got[i], want[i]); msg != "" {
-				t.Fatalf("limit %d: decode(%q) event %d: %s", limit, stream, i, msg)
-			}
-		}
+		agreeWithSpec(t, fmt.Sprintf("limit %d: decode(%q)", limit, stream), got, want)
 		if !over && d.LastEventID() != wantID {
 			t.Errorf("limit %d: decode(%q): LastEventID() = %q, spec says %q", limit, stream, d.LastEventID(), wantID)
 		}
