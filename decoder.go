@@ -9,7 +9,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -35,9 +34,9 @@ type Decoder struct {
 
 	r   io.Reader
 	buf []byte
-	// buf[start:end] is read but not yet decoded. buf[start:noLF] holds no LF and
-	// buf[start:noCR] no CR, so that each line costs one search, not a search of the rest of
-	// the buffer for the line break it does not end with.
+	// buf[start:end] is read but not yet decoded. buf[start:noLF] holds no LF, with
+	// start <= noLF, and buf[start:noCR] no CR, so that each line costs one search, not a
+	// search of the rest of the buffer for the line break it does not end with.
 	start, end, noLF, noCR int
 	// aliased reports whether strings Next returned are bytes of buf[:end], which must then
 	// never be written again: fill reads on after them, or into a new buffer.
@@ -60,7 +59,9 @@ type Decoder struct {
 	lastID   string // the last event ID string
 	lastType string // the Type of the last event, reused by the next one if it is the same
 
-	strs strings.Builder // what short strings are cut from; see copyString
+	// Short strings are cut from strs, which holds them in strs[:strsN] (see copyString).
+	strs  []byte
+	strsN int
 }
 
 // A value holds one of the buffers of WHATWG HTML §9.2.6. While it is the value of one line
@@ -117,7 +118,15 @@ func (d *Decoder) LastEventID() string { return d.lastID }
 // keep clones of them (strings.Clone).
 func (d *Decoder) Next() (Event, error) {
 	for {
-		i := d.eol()
+		// The end of the next line. IndexByte is much faster than IndexAny: look for the LF,
+		// the usual line end, then for a CR before it only if buf may hold one there (eol).
+		// (A call to a function doing this costs too much to inline, and one call for each
+		// line is much of the time a line takes.)
+		lf := bytes.IndexByte(d.buf[d.noLF:d.end], '\n')
+		i := d.noLF + lf
+		if lf < 0 || i >= d.noCR {
+			i = d.eol(lf)
+		}
 		if i == d.end {
 			if err := d.more(); err != nil {
 				return Event{}, err
@@ -135,6 +144,7 @@ func (d *Decoder) Next() (Event, error) {
 				d.start++
 			}
 		}
+		d.noLF = d.start
 		if len(line) == 0 {
 			if d.dispatch() {
 				// The event is built here rather than returned by event: a struct result
@@ -172,6 +182,7 @@ func (d *Decoder) more() error {
 	if !d.started {
 		d.skipBOM()
 	}
+	d.noLF = max(d.noLF, d.start)
 	return nil
 }
 
@@ -190,22 +201,20 @@ func (d *Decoder) skipBOM() {
 	}
 }
 
-// eol returns the index in buf of the first CR or LF in buf[start:end], or end.
-func (d *Decoder) eol() int {
-	// IndexByte is much faster than IndexAny: look for the LF, the usual line end, then for a
-	// CR before it only if the buffer may hold one there.
-	from := max(d.start, d.noLF)
-	lf := bytes.IndexByte(d.buf[from:d.end], '\n')
+// eol returns the index in buf of the first CR or LF in buf[start:end], or end, given the
+// result of looking for an LF in buf[noLF:end]. Next has handled the usual case: an LF before
+// which buf holds no CR.
+func (d *Decoder) eol(lf int) int {
 	if lf < 0 {
 		lf = d.end
 	} else {
-		lf += from
+		lf += d.noLF
 	}
 	d.noLF = lf
 	if d.noCR >= lf {
 		return lf
 	}
-	from = max(d.start, d.noCR)
+	from := max(d.start, d.noCR)
 	cr := bytes.IndexByte(d.buf[from:d.end], '\r')
 	if cr < 0 {
 		d.noCR = d.end
@@ -522,14 +531,16 @@ func (d *Decoder) copyString(b []byte) string {
 	if len(b) > maxSharedString || !isASCII(b) && !utf8.Valid(b) {
 		return decodeUTF8(b)
 	}
-	if d.strs.Cap()-d.strs.Len() < len(b) {
-		// Strings cut earlier keep the old buffer, which is never written again.
-		d.strs = strings.Builder{}
-		d.strs.Grow(stringChunk)
+	if len(b) == 0 {
+		return ""
 	}
-	start := d.strs.Len()
-	d.strs.Write(b)
-	return d.strs.String()[start:]
+	if len(d.strs)-d.strsN < len(b) {
+		// Strings cut earlier keep the old chunk, which is never written again.
+		d.strs, d.strsN = make([]byte, stringChunk), 0
+	}
+	at := d.strsN
+	d.strsN += copy(d.strs[at:], b)
+	return unsafe.String(&d.strs[at], len(b))
 }
 
 // decodeUTF8 decodes b as the WHATWG Encoding standard's "UTF-8 decode" does: each maximal
