@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	tmaxmax "github.com/tmaxmax/go-sse"
@@ -92,6 +94,22 @@ var decoders = []struct {
 		}
 		return d.Err()
 	}},
+	// Not a decoder: a bound (see floor.go).
+	{"floor", func(r io.Reader, f func(typ, data string) bool) error {
+		d := NewFloorDecoder(r)
+		for {
+			ev, err := d.Next()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if !f(ev.Type, ev.Data) {
+				return nil
+			}
+		}
+	}},
 }
 
 // TestDecodersAgree checks that every decoder reads the benchmark's streams as the same events.
@@ -144,6 +162,52 @@ func BenchmarkRead(b *testing.B) {
 				b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/event")
 				// allocs/op rounds down; this does not.
 				b.ReportMetric(float64(mallocs()-mallocs0)/float64(b.N), "allocs/event")
+			})
+		}
+	}
+}
+
+// BenchmarkRatio measures how many times as fast as each other decoder sse.Decoder is, the
+// figure the targets are stated in. A shared machine's load changes from one second to the
+// next, and with it the figures of BenchmarkRead run after one another; here each op decodes
+// one stream with each of the two decoders, in turns, so that both run under the same load.
+// It reports the other's total time over sse.Decoder's ("ratio", the collections each one's
+// garbage brings included), the median of the ops' ratios ("ratio-median", which a
+// collection that happens to fall in one decoder's turn moves less), and the time per event
+// of each in those turns.
+func BenchmarkRatio(b *testing.B) {
+	for _, size := range sizes {
+		s := stream(b, size)
+		ourDec, others := decoders[0], decoders[2:] // decoders[1], sse.Read, is sse.Decoder too
+		for _, other := range others {
+			b.Run(fmt.Sprintf("size=%dB/vs=%s", size, other.name), func(b *testing.B) {
+				r := bytes.NewReader(s)
+				decode := func(dec func(io.Reader, func(typ, data string) bool) error) time.Duration {
+					r.Reset(s)
+					start := time.Now()
+					if err := dec(r, func(typ, data string) bool { return true }); err != nil {
+						b.Fatal(err)
+					}
+					return time.Since(start)
+				}
+				var ours, theirs time.Duration
+				var ratios []float64
+				for i := 0; b.Loop(); i++ {
+					var o, t time.Duration
+					if i%2 == 0 {
+						o, t = decode(ourDec.decode), decode(other.decode)
+					} else {
+						t, o = decode(other.decode), decode(ourDec.decode)
+					}
+					ours, theirs = ours+o, theirs+t
+					ratios = append(ratios, float64(t)/float64(o))
+				}
+				slices.Sort(ratios)
+				b.ReportMetric(float64(theirs)/float64(ours), "ratio")
+				b.ReportMetric(ratios[len(ratios)/2], "ratio-median")
+				events := float64(b.N * eventsPerStream)
+				b.ReportMetric(float64(ours.Nanoseconds())/events, "sse-ns/event")
+				b.ReportMetric(float64(theirs.Nanoseconds())/events, "other-ns/event")
 			})
 		}
 	}

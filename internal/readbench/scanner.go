@@ -1,7 +1,8 @@
 // Package readbench compares the speed of this module's stream Decoder with other ways Go
 // programs read event streams: github.com/tmaxmax/go-sse's Read, and a bufio.Scanner-based
-// decoder written the way the OpenAI and Anthropic Go SDKs write theirs. It is a module of its
-// own, so that the core module's go.mod stays free of requirements. See README.md.
+// decoder written the way the OpenAI and Anthropic Go SDKs write theirs, and with a bound on
+// what a decoder of the Decoder's shape could do (FloorDecoder). It is a module of its own, so
+// that the core module's go.mod stays free of requirements. See README.md.
 package readbench
 
 import (
