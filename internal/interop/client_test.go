@@ -33,8 +33,10 @@ var clientKinds = []clientKind{
 const chromiumPath = "/usr/bin/chromium" // Debian's; the tests never download a browser
 
 // waitTimeout bounds every wait for a client or the broker. Generous, because two browsers'
-// worth of work share the CPU with the race detector; a passing run waits far less.
-const waitTimeout = 15 * time.Second
+// worth of work share the CPU with the race detector, and with whatever else the machine runs
+// (15 s was once too short for a browser's first page at a load average of 12); a passing run
+// waits far less.
+const waitTimeout = 30 * time.Second
 
 // nodeVersion returns the major version of the node on PATH, or an error saying what is wrong.
 var nodeVersion = sync.OnceValues(func() (int, error) {
