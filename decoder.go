@@ -35,8 +35,9 @@ type Decoder struct {
 	r   io.Reader
 	buf []byte
 	// buf[start:end] is read but not yet decoded. buf[start:noLF] holds no LF, with
-	// start <= noLF, and buf[start:noCR] no CR, so that each line costs one search, not a
-	// search of the rest of the buffer for the line break it does not end with.
+	// start <= noLF <= end, and buf[start:noCR] no CR (noCR may be below start, and then says
+	// nothing), so that no byte is searched for either twice: not the rest of the buffer for
+	// the line break a line does not end with, nor a partial line each time more of it is read.
 	start, end, noLF, noCR int
 	// aliased reports whether strings Next returned are bytes of buf[:end], which must then
 	// never be written again: fill reads on after them, or into a new buffer.
@@ -144,7 +145,9 @@ func (d *Decoder) Next() (Event, error) {
 				d.start++
 			}
 		}
-		d.noLF = d.start
+		// A line that ends in a lone CR may leave an LF that eol found, or the end, further
+		// on: what was searched is not searched again.
+		d.noLF = max(d.noLF, d.start)
 		if len(line) == 0 {
 			if d.dispatch() {
 				// The event is built here rather than returned by event: a struct result
@@ -201,9 +204,10 @@ func (d *Decoder) skipBOM() {
 	}
 }
 
-// eol returns the index in buf of the first CR or LF in buf[start:end], or end, given the
-// result of looking for an LF in buf[noLF:end]. Next has handled the usual case: an LF before
-// which buf holds no CR.
+// eol returns the index in buf of the first CR or LF in buf[start:end], or end, given lf,
+// the result of IndexByte(buf[noLF:end], '\n'), and records in noLF and noCR how far buf is
+// now known to hold neither. Next has handled the usual case: an LF before which buf holds no
+// CR.
 func (d *Decoder) eol(lf int) int {
 	if lf < 0 {
 		lf = d.end
@@ -520,7 +524,8 @@ var lf = []byte{'\n'}
 // a token of an answer or an ID then costs no allocation of its own. A string kept holds on to
 // the chunk it was cut from, at most stringChunk bytes, which the stream's other strings
 // share. (Cutting them from the read buffer instead measured no faster, and a string kept
-// would keep more.) A copied string longer than maxSharedString has an allocation of its own.
+// would keep more.) A copied string longer than maxSharedString has an allocation of its own,
+// as has one of invalid UTF-8, which decodeUTF8 makes anew.
 const (
 	stringChunk     = 4 << 10
 	maxSharedString = 256
