@@ -126,10 +126,10 @@ func WithWriteTimeout(d time.Duration) Option {
 // WithLogger has the broker log the end of every stream to l: why it ended, its topics, how
 // long it lasted and how many events it was sent, with the request's context. A client that
 // left, or a stream that Shutdown ended, is logged at level Debug; a client disconnected for
-// being too slow, or turned away over the client limit, at Warn. By default, and when l is nil,
-// nothing is logged; nothing is built for a level l does not log. A client disconnected because
-// the log the broker follows broke (ErrEventsLost) is logged at Warn too. ServeEvents returns the same
-// reason, for handlers that log with their own request's details.
+// being too slow, turned away over the client limit, or disconnected because the log the
+// broker follows broke (ErrEventsLost), at Warn. By default, and when l is nil, nothing is
+// logged; nothing is built for a level l does not log. ServeEvents returns the same reason,
+// for handlers that log with their own request's details.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
