@@ -7,7 +7,6 @@ import (
 	"io"
 	"iter"
 	"math/rand/v2"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -229,13 +228,13 @@ func validHeaderValue(v string) bool {
 }
 
 // isEventStream reports whether resp opens an event stream (WHATWG HTML §9.2.3: status 200
-// and the text/event-stream MIME type, whatever its parameters).
+// and the text/event-stream MIME type, whatever its parameters). Only the type and subtype
+// are compared, as the WHATWG MIME Sniffing standard parses them: the parameters cannot
+// refuse a stream, not even a repeated one, which mime.ParseMediaType refuses.
 func isEventStream(resp *http.Response) bool {
-	if resp.StatusCode != http.StatusOK {
-		return false
-	}
-	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	return (err == nil || err == mime.ErrInvalidMediaParameter) && mt == "text/event-stream"
+	essence, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
+	return resp.StatusCode == http.StatusOK &&
+		strings.EqualFold(strings.Trim(essence, " \t\r\n"), "text/event-stream")
 }
 
 // read yields the events of resp, and closes it. It reports done if the iteration is over,

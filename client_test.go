@@ -322,6 +322,9 @@ func TestEventsResponseError(t *testing.T) {
 		{"type with parameters", 200, "text/event-stream; charset=utf-8", "data: x\n\n", true},
 		{"type in capitals", 200, "Text/Event-Stream", "data: x\n\n", true},
 		{"type with a bad parameter", 200, "text/event-stream; charset", "data: x\n\n", true},
+		{"type with a repeated parameter", 200, "text/event-stream; charset=utf-8; charset=UTF-8", "data: x\n\n", true},
+		{"type with white space", 200, " text/event-stream ;charset=utf-8", "data: x\n\n", true},
+		{"type with a space inside", 200, "text/ event-stream", "data: x\n\n", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
