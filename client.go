@@ -283,7 +283,7 @@ func (s *session) sleep(ctx context.Context) error {
 // backoff returns how long to wait before the next attempt: the reconnection time after the
 // first failure, as EventSource waits, and after each further one twice as long, up to the
 // ceiling, less a random part of up to a half, so that clients that failed together spread
-// out.
+// out. It never waits less than the reconnection time, which the spec asks for.
 func (s *session) backoff() time.Duration {
 	if s.failures <= 1 {
 		return s.retry
@@ -294,7 +294,7 @@ func (s *session) backoff() time.Duration {
 		d = min(d, ceiling/2) * 2
 	}
 	d = min(d, ceiling)
-	return d - rand.N(d/2+1)
+	return d - rand.N(min(d/2, d-s.retry)+1)
 }
 
 func (c *Client) retry() time.Duration {

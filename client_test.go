@@ -424,6 +424,32 @@ func TestEventsRetry(t *testing.T) {
 	}
 }
 
+// TestEventsRetryOverMaxBackoff checks that the Client never waits less than the reconnection
+// time, even once it backs off with jitter, when that time is over MaxBackoff.
+func TestEventsRetryOverMaxBackoff(t *testing.T) {
+	ts, _ := scripted(t, http1, func(n int) string {
+		if n <= 6 {
+			return "retry: 4\n\n" // no event: back off
+		}
+		return ""
+	})
+	c := testClient(ts)
+	c.MaxBackoff = time.Millisecond
+	var waits []time.Duration
+	c.OnReconnect = func(err error, wait time.Duration) { waits = append(waits, wait) }
+	if _, _, err := collect(c, get(t, ts.URL)); err != nil {
+		t.Fatal(err)
+	}
+	if len(waits) != 6 {
+		t.Fatalf("waits %v, want 6", waits)
+	}
+	for i, w := range waits {
+		if w != 4*time.Millisecond {
+			t.Errorf("wait %d = %v, want the retry, 4ms (all: %v)", i, w, waits)
+		}
+	}
+}
+
 // TestEventsContext checks that the request's context ends the iteration for good, with its
 // error, wherever the Client is: reading, waiting, or connecting.
 func TestEventsContext(t *testing.T) {
