@@ -49,8 +49,11 @@ type Client struct {
 const (
 	defaultRetry      = 3 * time.Second
 	defaultMaxBackoff = 30 * time.Second
-	// maxErrorBody is how much of a response that is not an event stream ResponseError keeps.
-	maxErrorBody = 4 << 10
+	// maxErrorBody is how much of a response that is not an event stream ResponseError keeps,
+	// and errorBodyWait how long the Client waits for it: such a response may never end (a
+	// stream served with the wrong Content-Type), and EventSource fails it at once.
+	maxErrorBody  = 4 << 10
+	errorBodyWait = time.Second
 )
 
 // Events returns an iterator over the events of the stream req asks for. It sends req with
@@ -319,11 +322,14 @@ type ResponseError struct {
 	StatusCode  int
 	ContentType string      // the Content-Type header
 	Header      http.Header // the response's headers, Retry-After for instance
-	Body        []byte      // the start of the body, up to 4 KiB, where APIs describe the error
+	Body        []byte      // the start of the body, where APIs describe the error: up to 4 KiB, what came within a second
 }
 
 func newResponseError(resp *http.Response) *ResponseError {
+	// Closing the body ends a read that waits on it; Body keeps what came before.
+	t := time.AfterFunc(errorBodyWait, func() { resp.Body.Close() })
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	t.Stop()
 	return &ResponseError{
 		StatusCode:  resp.StatusCode,
 		ContentType: resp.Header.Get("Content-Type"),

@@ -364,6 +364,25 @@ func TestEventsResponseError(t *testing.T) {
 	}
 }
 
+// TestEventsResponseErrorOpenBody checks that a response that is not an event stream ends the
+// iteration even when its body never ends, as a stream served with the wrong Content-Type
+// does, with what came of the body.
+func TestEventsResponseErrorOpenBody(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		b := NewBroker()
+		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "data: x\n\n") // sniffed as text/plain
+			http.NewResponseController(w).Flush()
+			<-r.Context().Done()
+		}))
+		_, _, err := collect(testClient(s.Server), get(t, s.URL))
+		var re *ResponseError
+		if !errors.As(err, &re) || string(re.Body) != "data: x\n\n" {
+			t.Fatalf("ended with %v; want a *ResponseError with the body sent", err)
+		}
+	})
+}
+
 func TestResponseErrorMessage(t *testing.T) {
 	err := &ResponseError{StatusCode: 500, ContentType: "application/json", Body: []byte(`{"error":"overloaded"}` + "\n")}
 	if got, want := err.Error(), `sse: not an event stream: 500 Internal Server Error, application/json: {"error":"overloaded"}`; got != want {
