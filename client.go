@@ -18,7 +18,8 @@ import (
 // the connection drops or the response ends, resuming with the Last-Event-ID header, and gives
 // up only when the server says so or the request's context ends.
 //
-// A Client runs in the goroutine that ranges over [Client.Events] and starts none of its own.
+// A Client runs in the goroutine that ranges over [Client.Events] and starts none of its own,
+// but for a timer's, which ends a wait for the body of a response that is not an event stream.
 // Client is safe for concurrent use, if its fields are not changed while it is in use; the
 // zero value is ready to use.
 type Client struct {
