@@ -242,7 +242,8 @@ func (r *reader) follow(epoch string) bool {
 }
 
 // renew begins a new epoch in place of the reader's, whose numbers went back, unless another
-// reader has done so already, and follows it.
+// reader has done so already, and follows it at once, as checkEpoch makes the other readers
+// do, so that this process's clients too get IDs of it before its first event.
 func (r *reader) renew(ctx context.Context, cmd redis.Cmdable) (changed bool, err error) {
 	r.logf(slog.LevelWarn, "the log went back: beginning a new epoch", nil)
 	epoch, err := renewScript.Run(ctx, cmd, []string{r.meta, r.log}, r.epoch, newEpoch()).Text()
@@ -252,7 +253,13 @@ func (r *reader) renew(ctx context.Context, cmd redis.Cmdable) (changed bool, er
 	if err != nil {
 		return false, err
 	}
-	return r.follow(epoch), nil
+	r.follow(epoch)
+	// The log of epoch is read from its start, so that following it from 0 is right even if
+	// another reader began it and events came since.
+	if err := r.core.Follow(epoch, 0); err != nil && !errors.Is(err, sse.ErrClosed) {
+		return true, err
+	}
+	return true, nil
 }
 
 // read reads up to a page of entries after lastID, waiting up to block for one (not at all if
