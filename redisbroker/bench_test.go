@@ -111,7 +111,7 @@ func BenchmarkScript(b *testing.B) {
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
 	defer rdb.Close()
 	ctx := context.Background()
-	keys := redisbroker.Keys("script")
+	keys := append(redisbroker.Keys("script"), redisbroker.PubKey("script", "bench"))
 	if err := redisbroker.PublishScript.Load(ctx, rdb).Err(); err != nil {
 		b.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func BenchmarkScript(b *testing.B) {
 			n, events := 0, 0
 			for events < b.N {
 				// A token of its own for each call, or the script takes it for one sent again.
-				redisbroker.PublishScript.EvalSha(ctx, pipe, keys, "abcdefgh", 10000, batch, strconv.Itoa(events), evs)
+				redisbroker.PublishScript.EvalSha(ctx, pipe, keys, "abcdefgh", 10000, batch, strconv.Itoa(events), evs, 60000)
 				events += batch
 				if n++; n == 100 {
 					if _, err := pipe.Exec(ctx); err != nil {
@@ -183,7 +183,7 @@ func BenchmarkStart(b *testing.B) {
 			}
 			pipe := rdb.Pipeline()
 			for i := range total / batch {
-				redisbroker.PublishScript.Eval(ctx, pipe, redisbroker.Keys(ns), "abcdefgh", total, batch, strconv.Itoa(i), evs)
+				redisbroker.PublishScript.Eval(ctx, pipe, append(redisbroker.Keys(ns), redisbroker.PubKey(ns, "bench")), "abcdefgh", total, batch, strconv.Itoa(i), evs, 60000)
 				if i%1000 == 999 || i == total/batch-1 {
 					if _, err := pipe.Exec(ctx); err != nil {
 						b.Fatal(err)

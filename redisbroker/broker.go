@@ -130,7 +130,7 @@ func withBlock(d time.Duration) Option {
 type Broker struct {
 	core    *sse.Broker
 	client  redis.UniversalClient
-	keys    []string // meta, log
+	keys    []string // meta, log, and this process's pubKey
 	cfg     config
 	r       *reader
 	stop    context.CancelFunc // stops the reader and the publisher
@@ -162,7 +162,7 @@ func New(ctx context.Context, client redis.UniversalClient, namespace string, op
 	b := &Broker{
 		core:       sse.NewBroker(cfg.brokerOpts...),
 		client:     client,
-		keys:       keys(namespace),
+		keys:       append(keys(namespace), pubKey(namespace, newToken())),
 		cfg:        cfg,
 		stopped:    make(chan struct{}),
 		reqs:       make(chan *publishReq, maxBatch),
@@ -196,11 +196,21 @@ func New(ctx context.Context, client redis.UniversalClient, namespace string, op
 }
 
 // keys returns the Redis keys of namespace: its meta hash and its log. The hash tag puts them
-// on one Redis Cluster slot, so that one script may use both.
+// on one Redis Cluster slot, with every pubKey of namespace, so that one script may use them.
 func keys(namespace string) []string {
 	tag := "{" + namespace + "}"
 	return []string{tag + ":meta", tag + ":log"}
 }
+
+// pubKey returns the key in which the publish script keeps the last call of the process
+// called node, for the namespace.
+func pubKey(namespace, node string) string {
+	return "{" + namespace + "}:pub:" + node
+}
+
+// pubKeyLife is how long a process's pubKey outlives its last call, at least: far longer than
+// go-redis can take to send the call again, which it does within the call's timeout.
+const pubKeyLife = time.Minute
 
 // Handler returns an http.Handler that streams the events of topics to each client, as
 // sse.Broker's Handler does.
@@ -377,7 +387,8 @@ func (b *Broker) send(batch []*publishReq) {
 		evs = append(evs, req.enc...)
 	}
 	// Run sends the script itself if Redis does not have it (it restarted, say).
-	res, err := publishScript.Run(ctx, b.client, b.keys, newEpoch(), b.cfg.maxLen, len(batch), newToken(), evs).Slice()
+	life := max(pubKeyLife, 2*b.cfg.publishTimeout).Milliseconds()
+	res, err := publishScript.Run(ctx, b.client, b.keys, newEpoch(), b.cfg.maxLen, len(batch), newToken(), evs, life).Slice()
 	var epoch string
 	var last int64
 	if err == nil && len(res) == 2 {

@@ -615,7 +615,7 @@ func TestKeysOneSlot(t *testing.T) {
 	t.Parallel()
 	rs := redistest.Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
 	for _, ns := range []string{"chat", "a:b", "with space", "ünï", "x"} {
-		keys := redisbroker.Keys(ns)
+		keys := append(redisbroker.Keys(ns), redisbroker.PubKey(ns, "node"))
 		slot := rs.Do("CLUSTER", "KEYSLOT", keys[0])
 		if !strings.HasPrefix(slot, ":") {
 			t.Fatalf("CLUSTER KEYSLOT: %s", slot)

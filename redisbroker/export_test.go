@@ -1,8 +1,9 @@
 package redisbroker
 
-// Keys and WithBlock are for the tests.
+// Keys, PubKey and WithBlock are for the tests.
 var (
 	Keys      = keys
+	PubKey    = pubKey
 	WithBlock = withBlock
 )
 

@@ -12,14 +12,17 @@ import (
 )
 
 // publishScript numbers events and adds them to the log, in one step so that the order of
-// numbers is the order of the log. KEYS: meta, log. ARGV: an epoch for a log that begins, the
-// log's MAXLEN, the number of events, a token unique to the call, then the events, encoded
-// one after the other by appendEvent. It returns {epoch, the number of the last event}; the
-// events are numbered in the order given.
+// numbers is the order of the log. KEYS: meta, log, the calling process's key (pubKey).
+// ARGV: an epoch for a log that begins, the log's MAXLEN, the number of events, a token
+// unique to the call, the events, encoded one after the other by appendEvent, and how long
+// the process's key lives, in milliseconds. It returns {epoch, the number of the last event};
+// the events are numbered in the order given.
 //
-// The meta hash keeps the token and the answer of the last call: a call sent again with the
-// same token (go-redis sends a command again when its connection fails before the answer
-// came) gets the same answer and adds nothing, so that no event is added twice.
+// The process's key keeps the token and the answer of its last call: a call sent again with
+// the same token (go-redis sends a command again when its connection fails before the answer
+// came) gets the same answer and adds nothing, so that no event is added twice, whatever other
+// processes published in between. A process sends one call at a time, so that the last is the
+// only one that can come again; the key lives long after go-redis can have sent it again.
 //
 // One call adds one entry to the log, which holds all the events of the call: the epoch, the
 // number of the first, how many there are, and the events as the caller encoded them. Redis's
@@ -31,8 +34,11 @@ import (
 // left of the log is not the log any more, so a new epoch begins, which every reader notices.
 var publishScript = redis.NewScript(`
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch and redis.call('HGET', KEYS[1], 'tok') == ARGV[4] then
-	return {epoch, tonumber(redis.call('HGET', KEYS[1], 'toklast'))}
+if epoch then
+	local prev = redis.call('HMGET', KEYS[3], 'tok', 'epoch', 'last')
+	if prev[1] == ARGV[4] and prev[2] == epoch then
+		return {epoch, tonumber(prev[3])}
+	end
 end
 if not epoch then
 	epoch = ARGV[1]
@@ -41,8 +47,9 @@ if not epoch then
 end
 local count = tonumber(ARGV[3])
 local last = redis.call('HINCRBY', KEYS[1], 'seq', count)
-redis.call('HSET', KEYS[1], 'tok', ARGV[4], 'toklast', last)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', epoch, 'f', last - count + 1, 'n', count, 'b', ARGV[5])
+redis.call('HSET', KEYS[3], 'tok', ARGV[4], 'epoch', epoch, 'last', last)
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
 return {epoch, last}
 `)
 
@@ -61,7 +68,8 @@ return {epoch, tonumber(redis.call('HGET', KEYS[1], 'seq')), redis.call('XLEN', 
 
 // renewScript begins a new epoch in place of one whose numbers went back. KEYS: meta, log.
 // ARGV: the epoch that went back, a new one. It returns the epoch now current: the new one, or
-// one that another reader began first.
+// one that another reader began first. (It deletes the token that versions before pubKey
+// kept in the meta hash, whose answer the new epoch makes wrong.)
 var renewScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
 	redis.call('DEL', KEYS[2])

@@ -18,11 +18,13 @@ import (
 
 // A lostReply proxies TCP connections to Redis; once armed, it forwards the next call of a
 // script and then cuts that connection before Redis's answer comes back, as a network failure
-// would: go-redis then sends the call again on another connection.
+// would: go-redis then sends the call again on another connection. If between is set, it
+// runs after Redis has run the call and before the connection is cut.
 type lostReply struct {
-	ln     net.Listener
-	target string
-	armed  atomic.Bool
+	ln      net.Listener
+	target  string
+	armed   atomic.Bool
+	between func()
 }
 
 func newLostReply(t *testing.T, target string) *lostReply {
@@ -81,6 +83,9 @@ func (p *lostReply) serve(client net.Conn) {
 				cut.Store(true)
 				server.Write(buf[:n])
 				time.Sleep(100 * time.Millisecond) // Redis runs the script; its answer is lost
+				if p.between != nil {
+					p.between()
+				}
 				break
 			}
 			server.Write(buf[:n])
@@ -111,6 +116,28 @@ func TestPublishSentTwice(t *testing.T) {
 		t.Errorf("XLEN = %s, want 3: one Publish added more than one entry", got)
 	}
 	s.expect("once", "after")
+}
+
+// A publish whose answer was lost adds its event once even when another process published
+// between its call and go-redis sending it again.
+func TestPublishSentTwiceAfterAnother(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newLostReply(t, rs.Addr())
+	a := startNode(t, p.ln.Addr().String(), "twice2")
+	b := startNode(t, rs.Addr(), "twice2")
+	a.publish("first")
+	s := b.open("", false)
+	waitFor(t, "the client to join", func() bool { return b.b.Stats().Clients == 1 })
+	p.between = func() { b.publish("other") }
+	p.armed.Store(true)
+	if _, err := a.b.Publish(sse.Event{Data: "once"}); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	a.publish("after")
+	if got := rs.Do("XLEN", redisbroker.Keys("twice2")[1]); got != ":4" {
+		t.Errorf("XLEN = %s, want 4: one Publish added more than one entry", got)
+	}
+	s.expect("once", "other", "after")
 }
 
 // A Publish that gave up while Redis did not answer, before its event was sent, is not
