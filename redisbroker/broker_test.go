@@ -482,6 +482,42 @@ func TestLogGoesBack(t *testing.T) {
 	r.expect("7")
 }
 
+// When Redis restarts from a snapshot that lacks its last events, and no process that read
+// them is left (one machine rebooted), the next events must not take the numbers of those
+// lost: a client that saw them would skip the new ones silently. It gets MissedType.
+func TestRestartLosesLastEvents(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	a := startNode(t, rs.Addr(), "reboot")
+	for i := 1; i <= 3; i++ {
+		a.publish(strconv.Itoa(i))
+	}
+	waitAppended(t, 3, a)
+	if got := rs.Do("SAVE"); got != "+OK" { // the last snapshot
+		t.Fatalf("SAVE: %s", got)
+	}
+	s := a.open("", false)
+	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
+	for i := 4; i <= 6; i++ {
+		a.publish(strconv.Itoa(i))
+	}
+	last := s.expect("4", "5", "6")[2].LastEventID
+	s.close()
+	a.shutdown(5 * time.Second)
+	rs.Kill()
+	rs.Restart() // from the snapshot: events 1 to 3
+
+	b := startNode(t, rs.Addr(), "reboot")
+	for _, d := range []string{"new4", "new5", "new6", "new7"} {
+		b.publish(d)
+	}
+	r := b.open(last, false)
+	if ev := r.next(); ev.Type != sse.MissedType {
+		t.Fatalf("resuming from %q, an event Redis lost: got %s %q, want %s", last, ev.Type, ev.Data, sse.MissedType)
+	}
+	r.expect("new4", "new5", "new6", "new7")
+}
+
 // An ID older than what Redis retains gets one MissedType, then what is held, then live
 // events; so does a malformed ID, one from another epoch, and one from the future (after
 // waiting for it a few seconds).

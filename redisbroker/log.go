@@ -32,7 +32,7 @@ import (
 //
 // The meta hash is the log's memory of itself: if it is gone (Redis lost its data), what is
 // left of the log is not the log any more, so a new epoch begins, which every reader notices.
-var publishScript = redis.NewScript(`
+var publishScript = redis.NewScript(beginLua + `
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch then
 	local prev = redis.call('HMGET', KEYS[3], 'tok', 'epoch', 'last')
@@ -42,8 +42,7 @@ if epoch then
 end
 if not epoch then
 	epoch = ARGV[1]
-	redis.call('DEL', KEYS[2])
-	redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+	begin(epoch)
 end
 local count = tonumber(ARGV[3])
 local last = redis.call('HINCRBY', KEYS[1], 'seq', count)
@@ -56,29 +55,71 @@ return {epoch, last}
 // beginScript returns where the log is, beginning it if it has no epoch: for a reader that
 // found no entries to start from. KEYS: meta, log. ARGV: an epoch for a log that begins. It
 // returns {epoch, the number of the last event, how many entries the log holds}.
-var beginScript = redis.NewScript(`
+var beginScript = redis.NewScript(beginLua + `
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
 	epoch = ARGV[1]
-	redis.call('DEL', KEYS[2])
-	redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+	begin(epoch)
 end
 return {epoch, tonumber(redis.call('HGET', KEYS[1], 'seq')), redis.call('XLEN', KEYS[2])}
 `)
 
 // renewScript begins a new epoch in place of one whose numbers went back. KEYS: meta, log.
 // ARGV: the epoch that went back, a new one. It returns the epoch now current: the new one, or
-// one that another reader began first. (It deletes the token that versions before pubKey
-// kept in the meta hash, whose answer the new epoch makes wrong.)
-var renewScript = redis.NewScript(`
+// one that another reader began first.
+var renewScript = redis.NewScript(beginLua + `
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
-	redis.call('DEL', KEYS[2])
-	redis.call('HDEL', KEYS[1], 'tok', 'toklast')
-	redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'seq', 0)
+	begin(ARGV[2])
 	return ARGV[2]
 end
 return redis.call('HGET', KEYS[1], 'epoch')
 `)
+
+// epochScript returns where the log is, for a reader that looks at it now and then, and
+// begins a new epoch if the Redis that answers is not the one that held the log when it was
+// last looked at, and may have lost writes since (see reader.checkEpoch). KEYS: meta, log.
+// ARGV: an epoch for a log that begins, and "1" if Redis keeps every write it takes. It
+// returns {epoch, the number of the last event, 1 if it began the epoch, else 0}, with ""
+// for an epoch or number the log does not have.
+var epochScript = redis.NewScript(beginLua + `
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+	return {'', '', 0}
+end
+local rid, held = runID(), redis.call('HGET', KEYS[1], 'rid')
+local began = 0
+if rid and held ~= rid then
+	if held and ARGV[2] ~= '1' then
+		epoch = ARGV[1]
+		begin(epoch)
+		began = 1
+	else
+		redis.call('HSET', KEYS[1], 'rid', rid)
+	end
+end
+return {epoch, redis.call('HGET', KEYS[1], 'seq'), began}
+`)
+
+// beginLua begins the scripts that may begin a log. runID returns the run ID of the Redis
+// that runs the script (false if it cannot tell: INFO may be denied), which changes each time
+// Redis starts. begin makes epoch the log's, with no events yet, and records which Redis
+// holds it. It also deletes the token that versions before pubKey kept in the meta hash, whose
+// answer the new epoch makes wrong.
+const beginLua = `
+local function runID()
+	local info = redis.pcall('INFO', 'server')
+	return type(info) == 'string' and string.match(info, 'run_id:(%x+)') or false
+end
+local function begin(epoch)
+	redis.call('DEL', KEYS[2])
+	redis.call('HDEL', KEYS[1], 'tok', 'toklast', 'rid')
+	redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+	local rid = runID()
+	if rid then
+		redis.call('HSET', KEYS[1], 'rid', rid)
+	end
+end
+`
 
 // The fields of a log entry: e, f and n are the epoch, the number of the first event and how
 // many events the entry holds, b the events, encoded by appendEvent.

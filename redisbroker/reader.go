@@ -3,6 +3,7 @@ package redisbroker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
@@ -202,14 +203,32 @@ func (r *reader) step(ctx context.Context) error {
 // the reader has read (Redis failed over to a replica that had not received the last events),
 // the numbers that follow would name other events than they did: the reader begins a new
 // epoch.
+//
+// The log's number may have gone back with no reader left to see it: Redis restarted from
+// a snapshot that lacks its last writes, and every process that read them restarted too (one
+// machine rebooted). Only clients still hold the IDs of the events lost, which the next
+// events would take. So epochScript begins a new epoch whenever the Redis that holds the log
+// is not the one that held it when it was last looked at, unless Redis keeps every write (AOF
+// with appendfsync always): no process can tell whether a restart lost writes, and
+// MissedType for nothing is better than a silent gap.
 func (r *reader) checkEpoch(ctx context.Context, cmd redis.Cmdable) (changed bool, err error) {
-	vals, err := cmd.HMGet(ctx, r.meta, "epoch", "seq").Result()
+	lossless := "0"
+	if keepsEveryWrite(ctx, cmd) {
+		lossless = "1"
+	}
+	res, err := epochScript.Run(ctx, cmd, []string{r.meta, r.log}, newEpoch(), lossless).Slice()
 	if err != nil {
 		return false, err
 	}
 	r.checked = time.Now()
-	epoch, _ := vals[0].(string)
-	seq, _ := vals[1].(string)
+	if len(res) != 3 {
+		return false, fmt.Errorf("unexpected reply %v", res)
+	}
+	epoch, _ := res[0].(string)
+	seq, _ := res[1].(string)
+	if began, _ := res[2].(int64); began == 1 {
+		r.logf(slog.LevelWarn, "Redis restarted, and may have lost the last events: beginning a new epoch", nil)
+	}
 	switch {
 	case epoch == "":
 		return false, nil
@@ -228,6 +247,13 @@ func (r *reader) checkEpoch(ctx context.Context, cmd redis.Cmdable) (changed boo
 		return r.renew(ctx, cmd)
 	}
 	return false, nil
+}
+
+// keepsEveryWrite reports whether Redis is set to keep every write it takes across a restart
+// (AOF with appendfsync always), as far as CONFIG GET tells (it may be denied).
+func keepsEveryWrite(ctx context.Context, cmd redis.Cmdable) bool {
+	cfg, err := cmd.ConfigGet(ctx, "append*").Result()
+	return err == nil && cfg["appendonly"] == "yes" && cfg["appendfsync"] == "always"
 }
 
 // follow makes the reader read the log of epoch from its start, and reports true.
