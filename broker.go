@@ -204,11 +204,25 @@ type group struct {
 
 // wakeUp wakes the group's waiting clients.
 func (g *group) wakeUp() {
+	if ch := g.take(); ch != nil {
+		close(ch)
+	}
+}
+
+// take returns the channel that wakes the group's waiting clients once closed, or nil if none
+// waits; whoever waits next gets a new one. Closing a channel readies each goroutine waiting
+// on it, which is work per client: the caller closes it once it has let go of Broker.mu.
+func (g *group) take() chan struct{} {
 	g.wakeMu.Lock()
+	defer g.wakeMu.Unlock()
 	ch := g.wake
 	g.wake = nil
-	g.wakeMu.Unlock()
-	if ch != nil {
+	return ch
+}
+
+// wake closes the channels that take returned, waking the clients that wait on them.
+func wake(chs []chan struct{}) {
+	for _, ch := range chs {
 		close(ch)
 	}
 }
@@ -285,12 +299,16 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	}
 	at := b.stamp()
 
+	// The clients are woken once the lock is let go (see group.take); most publishes wake
+	// no more groups than wakeBuf holds.
+	var wakeBuf [8]chan struct{}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
+	switch {
+	case b.closed:
+		b.mu.Unlock()
 		return "", ErrClosed
-	}
-	if b.following {
+	case b.following:
+		b.mu.Unlock()
 		return "", errFollowing
 	}
 	b.seq++
@@ -300,14 +318,18 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 		frame = append(frame, id...)
 		frame = append(frame, "\n\n"...)
 	}
-	b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics)
+	waiting := b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics, wakeBuf[:0])
+	b.mu.Unlock()
+	wake(waiting)
 	return id, nil
 }
 
 var errFollowing = errors.New("sse: Publish on a broker that follows a log: publish to the log")
 
-// add puts e in the history of topics, once in each, and wakes their clients. b.mu must be held.
-func (b *Broker) add(e entry, topics []string) {
+// add puts e in the history of topics, once in each, and appends to waiting the channels that
+// wake their clients (see group.take), for the caller to close once it has let go of b.mu.
+// b.mu must be held.
+func (b *Broker) add(e entry, topics []string, waiting []chan struct{}) []chan struct{} {
 	var topicBuf [4]*topic
 	added := topicBuf[:0]
 	for i, name := range topics {
@@ -324,15 +346,19 @@ func (b *Broker) add(e entry, topics []string) {
 	}
 	b.forgetEmptied()
 	// Only now is the event in every topic, so only now may a client of several read it:
-	// wake clients after this. (A group in several of the topics is woken more than once,
-	// which costs little: only the first finds clients waiting.)
+	// wake clients after this. A client takes its group's channel before it looks at
+	// published, so that it misses no wake-up. (A group in several of the topics has its
+	// channel taken once: the first time.)
 	b.published.Store(e.seq)
 	for _, t := range added {
 		for _, g := range t.groups {
-			g.wakeUp()
+			if ch := g.take(); ch != nil {
+				waiting = append(waiting, ch)
+			}
 		}
 	}
 	b.stats.published.Add(1)
+	return waiting
 }
 
 // Append adds an event that was put in order elsewhere: number seq of the shared log called
@@ -372,24 +398,28 @@ func (b *Broker) Append(epoch string, seq uint64, ev Event, topics ...string) er
 	frame := wire.appendTo(make([]byte, 0, wire.size()))
 	at := b.stamp()
 
+	var wakeBuf [8]chan struct{}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.closed {
+		b.mu.Unlock()
 		return ErrClosed
 	}
 	sameEpoch := b.following && b.prefix == epoch+"-"
 	if sameEpoch && seq <= b.seq-b.base {
+		b.mu.Unlock()
 		return nil // appended already
 	}
 	if !sameEpoch || seq != b.seq-b.base+1 {
 		b.restart(epoch, seq)
 	}
 	b.seq++
-	b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics)
+	waiting := b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics, wakeBuf[:0])
 	if b.caughtUp != nil && b.seq >= b.awaited {
 		close(b.caughtUp)
 		b.caughtUp = nil
 	}
+	b.mu.Unlock()
+	wake(waiting) // as Publish does
 	return nil
 }
 
@@ -1050,15 +1080,20 @@ func (b *Broker) leave(c *client) {
 // tick counts a heartbeat and wakes every client, and starts the next interval.
 func (b *Broker) tick() {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.stats.clients.Load() == 0 || b.closed {
+		b.mu.Unlock()
 		return
 	}
 	b.beats.Add(1)
+	waiting := make([]chan struct{}, 0, len(b.groups))
 	for _, g := range b.groups {
-		g.wakeUp()
+		if ch := g.take(); ch != nil {
+			waiting = append(waiting, ch)
+		}
 	}
 	b.beatTimer.Reset(b.opts.heartbeat)
+	b.mu.Unlock()
+	wake(waiting) // as Publish does
 }
 
 // Shutdown ends every stream, each with a retry hint, and makes Publish return ErrClosed. It
