@@ -78,8 +78,9 @@ func WithHistoryAge(d time.Duration) Option {
 // by default (when n is zero); a negative n sets no limit. Over it, the oldest events of all
 // topics are dropped first, so that the history covers the same span of time for every topic
 // as far as it can. An event published to several topics counts once. What is counted is the
-// events as they go on the wire and the chunks of eight that hold them, at least one for each
-// topic; the package documentation says what else each topic and client takes.
+// events as they go on the wire, the chunks of eight that hold them, at least one for each
+// topic, and the indexes of the IDs the application chose and of the events several topics
+// hold; the package documentation says what else each topic and client takes.
 func WithHistoryMemory(n int64) Option {
 	return func(o *options) {
 		if n != 0 {

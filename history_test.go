@@ -105,6 +105,43 @@ func TestHistoryMemoryHeap(t *testing.T) {
 	}
 }
 
+// The budget counts the indexes too: the entry of each ID the application chose, and of
+// each event several topics hold, which take more than a short event itself.
+func TestHistoryMemoryIndexes(t *testing.T) {
+	const budget = 8 << 20
+	data := strings.Repeat("x", 100)
+	for _, tt := range []struct {
+		name   string
+		ids    bool
+		topics []string
+	}{
+		{"IDs", true, nil},
+		{"two topics", false, []string{"a", "b"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := heapInUse()
+			b := NewBroker(WithHistoryMemory(budget), WithHistory(1<<20))
+			for i := range 150000 { // over twice what the budget holds
+				ev := Event{Data: data}
+				if tt.ids {
+					ev.ID = "e" + strconv.Itoa(i)
+				}
+				if _, err := b.Publish(ev, tt.topics...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			heap := heapInUse() - before
+			runtime.KeepAlive(b)
+			// A topic's overhead, and the slack of maps that grow by doubling.
+			limit := budget + budget/10 + 2*perTopicBytes(len(data))
+			t.Logf("heap %.1f MiB with a %d MiB budget", float64(heap)/(1<<20), budget>>20)
+			if heap > uint64(limit) {
+				t.Errorf("heap %d bytes, over the budget plus overhead, %d", heap, limit)
+			}
+		})
+	}
+}
+
 // perTopicBytes is what a topic may take beside its events, with events of eventSize bytes:
 // its own fields and map entries, two chunks (one filling, one the tail is in), and the events
 // dropped from the chunk its tail is in, which go with the chunk. The package documentation
@@ -292,6 +329,7 @@ func checkHistory(b *Broker) error {
 			}
 		}
 	}
+	bytes += int64(len(newest))*idIndexBytes + int64(len(h.copies))*copyIndexBytes
 	if bytes != h.bytes {
 		return fmt.Errorf("history counts %d bytes, holds %d", h.bytes, bytes)
 	}
