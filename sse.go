@@ -77,7 +77,8 @@
 //
 // Memory is bounded whatever the clients do. The history takes at most its budget
 // ([WithHistoryMemory]): every event once, as it goes on the wire, however many topics hold
-// it, and the chunks of eight events that hold them (at least one for each topic). Beside it,
+// it, the chunks of eight events that hold them (at least one for each topic), and the
+// indexes of the IDs the application chose and of the events several topics hold. Beside it,
 // each topic takes about 1 KiB, and up to eight events that it dropped but that share a chunk
 // with the events it holds; each client takes under 1 KiB beside its connection (net/http's
 // buffers, a few KiB), and a client stalled in a write holds on to the chunk it is writing
