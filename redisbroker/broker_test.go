@@ -378,9 +378,8 @@ func TestRedisLosesData(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			rs := redistest.Start(t)
 			a, b := startNode(t, rs.Addr(), "lose"), startNode(t, rs.Addr(), "lose")
-			var ids []string
 			for i := 1; i <= 5; i++ {
-				ids = append(ids, a.publish(strconv.Itoa(i)))
+				a.publish(strconv.Itoa(i))
 			}
 			waitAppended(t, 5, a, b)
 			s := b.open("", false)
