@@ -347,7 +347,7 @@ func (b *Broker) add(e entry, topics []string, waiting []chan struct{}) []chan s
 	}
 	b.forgetEmptied()
 	// Only now is the event in every topic, so only now may a client of several read it:
-	// wake clients after this. A client takes its group's channel before it looks at
+	// wake clients after this. A client gets its group's channel (waiter) before it looks at
 	// published, so that it misses no wake-up. (A group in several of the topics has its
 	// channel taken once: the first time.)
 	b.published.Store(e.seq)
