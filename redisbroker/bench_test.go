@@ -115,6 +115,7 @@ func BenchmarkScript(b *testing.B) {
 	if err := redisbroker.PublishScript.Load(ctx, rdb).Err(); err != nil {
 		b.Fatal(err)
 	}
+	call := 0 // the process's calls: each numbered above the last, or the script refuses it
 	for _, batch := range []int{1, 16, 128} {
 		b.Run("batch="+strconv.Itoa(batch), func(b *testing.B) {
 			var evs []byte
@@ -126,8 +127,8 @@ func BenchmarkScript(b *testing.B) {
 			pipe := rdb.Pipeline()
 			n, events := 0, 0
 			for events < b.N {
-				// A token of its own for each call, or the script takes it for one sent again.
-				redisbroker.PublishScript.EvalSha(ctx, pipe, keys, "abcdefgh", 10000, batch, strconv.Itoa(events), evs, 60000)
+				call++
+				redisbroker.PublishScript.EvalSha(ctx, pipe, keys, "abcdefgh", 10000, batch, call, evs, 60000)
 				events += batch
 				if n++; n == 100 {
 					if _, err := pipe.Exec(ctx); err != nil {
@@ -183,7 +184,7 @@ func BenchmarkStart(b *testing.B) {
 			}
 			pipe := rdb.Pipeline()
 			for i := range total / batch {
-				redisbroker.PublishScript.Eval(ctx, pipe, append(redisbroker.Keys(ns), redisbroker.PubKey(ns, "bench")), "abcdefgh", total, batch, strconv.Itoa(i), evs, 60000)
+				redisbroker.PublishScript.Eval(ctx, pipe, append(redisbroker.Keys(ns), redisbroker.PubKey(ns, "bench")), "abcdefgh", total, batch, i+1, evs, 60000)
 				if i%1000 == 999 || i == total/batch-1 {
 					if _, err := pipe.Exec(ctx); err != nil {
 						b.Fatal(err)

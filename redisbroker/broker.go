@@ -140,6 +140,7 @@ type Broker struct {
 
 	reqs       chan *publishReq // to the publisher
 	pubStopped chan struct{}    // closed when the publisher has returned
+	calls      int64            // the publisher's calls of publishScript so far; only it uses this
 
 	mu     sync.Mutex
 	closed bool // guarded by mu
@@ -164,7 +165,7 @@ func New(ctx context.Context, client redis.UniversalClient, namespace string, op
 	b := &Broker{
 		core:       sse.NewBroker(cfg.brokerOpts...),
 		client:     client,
-		keys:       append(keys(namespace), pubKey(namespace, newToken())),
+		keys:       append(keys(namespace), pubKey(namespace, newProcessName())),
 		cfg:        cfg,
 		stopped:    make(chan struct{}),
 		reqs:       make(chan *publishReq, maxBatch),
@@ -390,7 +391,8 @@ func (b *Broker) send(batch []*publishReq) {
 	}
 	// Run sends the script itself if Redis does not have it (it restarted, say).
 	life := max(pubKeyLife, 2*b.cfg.publishTimeout).Milliseconds()
-	res, err := publishScript.Run(ctx, b.client, b.keys, newEpoch(), b.cfg.maxLen, len(batch), newToken(), evs, life).Slice()
+	b.calls++
+	res, err := publishScript.Run(ctx, b.client, b.keys, newEpoch(), b.cfg.maxLen, len(batch), b.calls, evs, life).Slice()
 	var epoch string
 	var last int64
 	if err == nil && len(res) == 2 {
@@ -423,8 +425,8 @@ func within(ctx context.Context, f func() error) error {
 	}
 }
 
-// newToken returns a random token that tells one call of the publish script from another.
-func newToken() string {
+// newProcessName returns a random name for this process's pubKey.
+func newProcessName() string {
 	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 }
 

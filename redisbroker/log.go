@@ -13,16 +13,18 @@ import (
 
 // publishScript numbers events and adds them to the log, in one step so that the order of
 // numbers is the order of the log. KEYS: meta, log, the calling process's key (pubKey).
-// ARGV: an epoch for a log that begins, the log's MAXLEN, the number of events, a token
-// unique to the call, the events, encoded one after the other by appendEvent, and how long
-// the process's key lives, in milliseconds. It returns {epoch, the number of the last event};
-// the events are numbered in the order given.
+// ARGV: an epoch for a log that begins, the log's MAXLEN, the number of events, the number of
+// the call among the process's calls (from 1, one more each call), the events, encoded one
+// after the other by appendEvent, and how long the process's key lives, in milliseconds. It
+// returns {epoch, the number of the last event}; the events are numbered in the order given.
 //
-// The process's key keeps the token and the answer of its last call: a call sent again with
-// the same token (go-redis sends a command again when its connection fails before the answer
-// came) gets the same answer and adds nothing, so that no event is added twice, whatever other
-// processes published in between. A process sends one call at a time, so that the last is the
-// only one that can come again; the key lives long after go-redis can have sent it again.
+// The process's key keeps the number and the answer of its last call. A call sent again (go-
+// redis sends a command again when its connection fails before the answer came) gets the same
+// answer and adds nothing, so that no event is added twice, whatever other processes
+// published in between. A process sends one call at a time, but a copy sent again may still
+// be on its way when the process, which gave up waiting for it, sends the next: a call
+// numbered below the last is refused. The key lives long after go-redis can have sent a call
+// again.
 //
 // One call adds one entry to the log, which holds all the events of the call: the epoch, the
 // number of the first, how many there are, and the events as the caller encoded them. Redis's
@@ -34,11 +36,13 @@ import (
 // left of the log is not the log any more, so a new epoch begins, which every reader notices.
 var publishScript = redis.NewScript(beginLua + `
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch then
-	local prev = redis.call('HMGET', KEYS[3], 'tok', 'epoch', 'last')
-	if prev[1] == ARGV[4] and prev[2] == epoch then
-		return {epoch, tonumber(prev[3])}
-	end
+local call = tonumber(ARGV[4])
+local prev = redis.call('HMGET', KEYS[3], 'call', 'epoch', 'last')
+if prev[1] and call < tonumber(prev[1]) then
+	return redis.error_reply('ERR redisbroker: a call sent again after a later one')
+end
+if epoch and prev[1] and call == tonumber(prev[1]) and prev[2] == epoch then
+	return {epoch, tonumber(prev[3])}
 end
 if not epoch then
 	epoch = ARGV[1]
@@ -47,7 +51,7 @@ end
 local count = tonumber(ARGV[3])
 local last = redis.call('HINCRBY', KEYS[1], 'seq', count)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', epoch, 'f', last - count + 1, 'n', count, 'b', ARGV[5])
-redis.call('HSET', KEYS[3], 'tok', ARGV[4], 'epoch', epoch, 'last', last)
+redis.call('HSET', KEYS[3], 'call', call, 'epoch', epoch, 'last', last)
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 return {epoch, last}
 `)

@@ -2,6 +2,7 @@ package redisbroker_test
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -11,15 +12,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"sse"
 	"sse/internal/redistest"
 	"sse/redisbroker"
 )
 
-// A lostReply proxies TCP connections to Redis; once armed, it forwards the next call of a
-// script and then cuts that connection before Redis's answer comes back, as a network failure
-// would: go-redis then sends the call again on another connection. If between is set, it
-// runs after Redis has run the call and before the connection is cut.
+// A lostReply proxies TCP connections to Redis; once armed, it forwards the next call of the
+// publish script and then cuts that connection before Redis's answer comes back, as a network
+// failure would: go-redis then sends the call again on another connection. If between is
+// set, it runs after Redis has run the call and before the connection is cut.
 type lostReply struct {
 	ln      net.Listener
 	target  string
@@ -78,7 +81,8 @@ func (p *lostReply) serve(client net.Conn) {
 	for {
 		n, err := client.Read(buf)
 		if n > 0 {
-			script := bytes.Contains(bytes.ToLower(buf[:n]), []byte("evalsha"))
+			// A call of the publish script names the process's key; the readers' calls do not.
+			script := bytes.Contains(buf[:n], []byte("}:pub:"))
 			if script && p.armed.CompareAndSwap(true, false) {
 				cut.Store(true)
 				server.Write(buf[:n])
@@ -138,6 +142,53 @@ func TestPublishSentTwiceAfterAnother(t *testing.T) {
 		t.Errorf("XLEN = %s, want 4: one Publish added more than one entry", got)
 	}
 	s.expect("once", "other", "after")
+}
+
+// The publish script tells a process's calls apart by their numbers: the last one sent again
+// gets its answer and adds nothing, in the same epoch; one below the last, a copy that
+// arrived after the process gave up on it and went on, is refused; in a new epoch, the last
+// one, whose events went with the old log, is added again. The process's key expires.
+func TestPublishScriptCalls(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	keys := append(redisbroker.Keys("calls"), redisbroker.PubKey("calls", "p"))
+	evs := redisbroker.AppendEvent(nil, sse.Event{Data: "x"}, nil)
+	call := func(n int) (string, error) {
+		res, err := redisbroker.PublishScript.Run(t.Context(), rdb, keys, "e1", 100, 1, n, evs, 60000).Slice()
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprint(res...), nil
+	}
+	for _, c := range []struct {
+		call     int
+		want     string // the answer: epoch and number, or "" for an error
+		entries  string // XLEN after it
+		newEpoch bool   // begin a new epoch before the call, as renewScript does
+	}{
+		{1, "e11", ":1", false},
+		{2, "e12", ":2", false},
+		{2, "e12", ":2", false}, // sent again
+		{1, "", ":2", false},    // came late
+		{3, "e13", ":3", false},
+		{3, "e21", ":1", true}, // sent again into a new log
+	} {
+		if c.newEpoch {
+			rs.Do("DEL", keys[1])
+			rs.Do("HSET", keys[0], "epoch", "e2", "seq", "0")
+		}
+		got, err := call(c.call)
+		if got != c.want || (err != nil) != (c.want == "") {
+			t.Errorf("call %d: %q, %v; want %q", c.call, got, err, c.want)
+		}
+		if n := rs.Do("XLEN", keys[1]); n != c.entries {
+			t.Errorf("call %d: XLEN %s, want %s", c.call, n, c.entries)
+		}
+	}
+	if ttl := rdb.PTTL(t.Context(), keys[2]).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("the process's key expires in %v, want a minute", ttl)
+	}
 }
 
 // A Publish that gave up while Redis did not answer, before its event was sent, is not
