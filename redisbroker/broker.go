@@ -41,10 +41,10 @@
 // begins a new epoch; each Broker notices it within two seconds, disconnects its clients
 // and serves the new log, and clients that resume from an ID of the old epoch receive
 // MissedType: never a silent gap. The same happens when the log's number goes back (Redis
-// failed over to a replica that had not received the last events), and whenever Redis
-// restarts unless it keeps every write (AOF with appendfsync always): a restart from a
-// snapshot may have lost the last events, which, once every process that read them is gone,
-// only clients remember. While Redis cannot be reached, Publish returns an error within the
+// failed over to a replica that had not received the last events), whenever Redis restarts
+// unless it keeps every write (AOF with appendfsync always), and whenever it fails over: a
+// restart from a snapshot, or a replica, may lack the last events, which, once every process
+// that read them is gone, only clients remember. While Redis cannot be reached, Publish returns an error within the
 // publish timeout ([WithPublishTimeout]), open streams stay open with their heartbeats, and
 // each Broker retries; once Redis is back, delivery goes on.
 //

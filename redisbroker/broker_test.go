@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -483,17 +484,76 @@ func TestLogGoesBack(t *testing.T) {
 
 // When Redis restarts from a snapshot that lacks its last events, and no process that read
 // them is left (one machine rebooted), the next events must not take the numbers of those
-// lost: a client that saw them would skip the new ones silently. It gets MissedType.
+// lost: a client that saw them would skip the new ones silently. It gets MissedType: also
+// when the snapshot's log is one of a version that did not record which Redis held it, and
+// when Redis appends every write but syncs it only every second (which a restart may lose,
+// though this one does not).
 func TestRestartLosesLastEvents(t *testing.T) {
 	t.Parallel()
-	rs := redistest.Start(t)
-	a := startNode(t, rs.Addr(), "reboot")
+	for _, tt := range []struct {
+		name  string
+		redis []string
+		noRID bool
+	}{
+		{"snapshot", nil, false},
+		{"snapshot of an older log", nil, true},
+		{"appendfsync everysec", []string{"--appendonly", "yes", "--appendfsync", "everysec"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := redistest.Start(t, tt.redis...)
+			a := startNode(t, rs.Addr(), "reboot")
+			for i := 1; i <= 3; i++ {
+				a.publish(strconv.Itoa(i))
+			}
+			waitAppended(t, 3, a)
+			if tt.noRID {
+				rs.Do("HDEL", redisbroker.Keys("reboot")[0], "rid")
+			}
+			if got := rs.Do("SAVE"); got != "+OK" { // the last snapshot
+				t.Fatalf("SAVE: %s", got)
+			}
+			s := a.open("", false)
+			waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
+			for i := 4; i <= 6; i++ {
+				a.publish(strconv.Itoa(i))
+			}
+			last := s.expect("4", "5", "6")[2].LastEventID
+			s.close()
+			a.shutdown(5 * time.Second)
+			rs.Kill()
+			rs.Restart() // from the snapshot: events 1 to 3
+
+			b := startNode(t, rs.Addr(), "reboot")
+			for _, d := range []string{"new4", "new5", "new6", "new7"} {
+				b.publish(d)
+			}
+			r := b.open(last, false)
+			if ev := r.next(); ev.Type != sse.MissedType {
+				t.Fatalf("resuming from %q after the restart: got %s %q, want %s", last, ev.Type, ev.Data, sse.MissedType)
+			}
+			r.expect("new4", "new5", "new6", "new7")
+		})
+	}
+}
+
+// A failover to a replica that had not received the last events, once every process that
+// read them is gone, is the same: though Redis appends and syncs every write, the replica
+// lacks them.
+func TestFailoverLosesLastEvents(t *testing.T) {
+	t.Parallel()
+	always := []string{"--appendonly", "yes", "--appendfsync", "always"}
+	primary := redistest.Start(t, append(always, "--repl-diskless-sync-delay", "0")...)
+	host, port, _ := net.SplitHostPort(primary.Addr())
+	replica := redistest.Start(t, append(always, "--replicaof", host, port)...)
+	a := startNode(t, primary.Addr(), "failover")
 	for i := 1; i <= 3; i++ {
 		a.publish(strconv.Itoa(i))
 	}
 	waitAppended(t, 3, a)
-	if got := rs.Do("SAVE"); got != "+OK" { // the last snapshot
-		t.Fatalf("SAVE: %s", got)
+	meta := redisbroker.Keys("failover")[0]
+	waitFor(t, "the replica to hold 3 events", func() bool { return replica.Do("HGET", meta, "seq") == "3" })
+	if got := replica.Do("REPLICAOF", "NO", "ONE"); got != "+OK" { // it falls behind, and takes over
+		t.Fatalf("REPLICAOF NO ONE: %s", got)
 	}
 	s := a.open("", false)
 	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
@@ -503,18 +563,35 @@ func TestRestartLosesLastEvents(t *testing.T) {
 	last := s.expect("4", "5", "6")[2].LastEventID
 	s.close()
 	a.shutdown(5 * time.Second)
-	rs.Kill()
-	rs.Restart() // from the snapshot: events 1 to 3
+	primary.Kill()
 
-	b := startNode(t, rs.Addr(), "reboot")
+	b := startNode(t, replica.Addr(), "failover")
 	for _, d := range []string{"new4", "new5", "new6", "new7"} {
 		b.publish(d)
 	}
 	r := b.open(last, false)
 	if ev := r.next(); ev.Type != sse.MissedType {
-		t.Fatalf("resuming from %q, an event Redis lost: got %s %q, want %s", last, ev.Type, ev.Data, sse.MissedType)
+		t.Fatalf("resuming from %q after the failover: got %s %q, want %s", last, ev.Type, ev.Data, sse.MissedType)
 	}
 	r.expect("new4", "new5", "new6", "new7")
+}
+
+// Redis may deny the commands that tell a restart (INFO, CONFIG): processes still read and
+// publish, and tell what they can.
+func TestInfoDenied(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	if got := rs.Do("ACL", "SETUSER", "default", "-info", "-config"); got != "+OK" {
+		t.Fatalf("ACL SETUSER: %s", got)
+	}
+	a, b := startNode(t, rs.Addr(), "denied"), startNode(t, rs.Addr(), "denied")
+	a.publish("1")
+	waitAppended(t, 1, a, b)
+	s := b.open("", false)
+	waitFor(t, "the client to join", func() bool { return b.b.Stats().Clients == 1 })
+	time.Sleep(500 * time.Millisecond) // the readers look at the epoch a few times
+	a.publish("2")
+	s.expect("2")
 }
 
 // An ID older than what Redis retains gets one MissedType, then what is held, then live

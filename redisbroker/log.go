@@ -80,8 +80,9 @@ return redis.call('HGET', KEYS[1], 'epoch')
 `)
 
 // epochScript returns where the log is, for a reader that looks at it now and then, and
-// begins a new epoch if the Redis that answers is not the one that held the log when it was
-// last looked at, and may have lost writes since (see reader.checkEpoch). KEYS: meta, log.
+// begins a new epoch if the Redis that answers is not known to be the one that held the log
+// when it was last looked at, and may have lost writes since (see reader.checkEpoch): it
+// restarted and does not keep every write, or it is a replica promoted since. KEYS: meta, log.
 // ARGV: an epoch for a log that begins, and "1" if Redis keeps every write it takes. It
 // returns {epoch, the number of the last event, 1 if it began the epoch, else 0}, with ""
 // for an epoch or number the log does not have.
@@ -90,10 +91,13 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
 	return {'', '', 0}
 end
-local rid, held = runID(), redis.call('HGET', KEYS[1], 'rid')
+local rid = runID()
 local began = 0
-if rid and held ~= rid then
-	if held and ARGV[2] ~= '1' then
+if rid and redis.call('HGET', KEYS[1], 'rid') ~= rid then
+	-- A replica promoted to master may lack the last writes whatever it keeps of them.
+	local info = redis.pcall('INFO', 'replication')
+	local promoted = type(info) ~= 'string' or string.match(info, 'second_repl_offset:(-?%d+)') ~= '-1'
+	if ARGV[2] ~= '1' or promoted then
 		epoch = ARGV[1]
 		begin(epoch)
 		began = 1
