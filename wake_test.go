@@ -245,6 +245,27 @@ func (c *modelClient) check(t *testing.T, m *publishModel, prefix bool, bound ti
 	}
 }
 
+// newStress returns a random source, seeded anew and logged, a broker that keeps every event
+// and is shut down when the test ends (which ends the streams of a test that failed early),
+// and an empty model.
+func newStress(t *testing.T, stream uint64, opts ...Option) (*rand.Rand, *Broker, *publishModel) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	b := NewBroker(append([]Option{WithHistory(1 << 20), WithHistoryMemory(-1)}, opts...)...)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		b.Shutdown(ctx)
+	})
+	return rand.New(rand.NewPCG(seed, stream)), b, &publishModel{pubs: map[uint64][]string{}}
+}
+
+// waitStarted waits for c's stream to start.
+func (c *modelClient) waitStarted(t *testing.T, bound time.Duration) {
+	t.Helper()
+	waitWithin(t, bound, "a client to start", func() bool { _, ok := c.from(t); return ok })
+}
+
 // TestStressPublish publishes from several goroutines while clients churn, then shuts the
 // broker down while publishing.
 func TestStressPublish(t *testing.T) {
@@ -254,16 +275,7 @@ func TestStressPublish(t *testing.T) {
 }
 
 func stressPublish(t *testing.T, heartbeat time.Duration) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(seed, 1))
-	b := NewBroker(WithHistory(1<<20), WithHeartbeat(heartbeat), WithHistoryMemory(-1))
-	defer func() { // ends the streams if the test fails early
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		b.Shutdown(ctx)
-	}()
-	m := &publishModel{pubs: map[uint64][]string{}}
+	r, b, m := newStress(t, 1, WithHeartbeat(heartbeat))
 	const (
 		rounds     = 60
 		publishers = 4
@@ -276,12 +288,9 @@ func stressPublish(t *testing.T, heartbeat time.Duration) {
 		nextPrivate++
 		return startModelClient(b, modelTopicSet(r, "u"+strconv.Itoa(nextPrivate)), "")
 	}
-	waitStarted := func(c *modelClient) {
-		waitWithin(t, bound, "a client to start", func() bool { _, ok := c.from(t); return ok })
-	}
 	for range clients {
 		c := newClient(r)
-		waitStarted(c)
+		c.waitStarted(t, bound)
 		live = append(live, c)
 	}
 	publish := func(p int, n int, seed uint64, stopOnClosed bool, privates int) {
@@ -362,7 +371,7 @@ func stressPublish(t *testing.T, heartbeat time.Duration) {
 		})
 		wg.Wait()
 		for _, c := range started {
-			waitStarted(c)
+			c.waitStarted(t, bound)
 		}
 		live = append(live, started...)
 		for _, c := range midStarted {
@@ -372,7 +381,7 @@ func stressPublish(t *testing.T, heartbeat time.Duration) {
 				}
 				ended = append(ended, c)
 			} else {
-				waitStarted(c)
+				c.waitStarted(t, bound)
 				live = append(live, c)
 			}
 		}
@@ -418,34 +427,22 @@ func stressPublish(t *testing.T, heartbeat time.Duration) {
 }
 
 // TestStressAppend appends from one goroutine (the Redis module's mode), with breaks by
-// skipped sequence numbers and by Follow, while clients churn. After a break, every client that was there
-// ends with ErrEventsLost, having received a prefix of its events.
+// skipped sequence numbers and by Follow, while clients churn. After a break, every client
+// that was there ends with ErrEventsLost, having received a prefix of its events.
 func TestStressAppend(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(seed, 2))
-	b := NewBroker(WithHistory(1<<20), WithHeartbeat(-1), WithHistoryMemory(-1))
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		b.Shutdown(ctx)
-	}()
-	m := &publishModel{pubs: map[uint64][]string{}}
+	r, b, m := newStress(t, 2, WithHeartbeat(-1))
 	const (
 		rounds  = 60
 		clients = 20
 	)
 	bound := 2 * time.Second
 	var live []*modelClient
-	waitStarted := func(c *modelClient) {
-		waitWithin(t, bound, "a client to start", func() bool { _, ok := c.from(t); return ok })
-	}
 	if err := b.Follow("e1", 0); err != nil {
 		t.Fatal(err)
 	}
 	for range clients {
 		c := startModelClient(b, modelTopicSet(r, ""), "")
-		waitStarted(c)
+		c.waitStarted(t, bound)
 		live = append(live, c)
 	}
 	var n uint64 // the last appended
@@ -483,7 +480,7 @@ func TestStressAppend(t *testing.T) {
 		})
 		wg.Wait()
 		for _, c := range midStarted {
-			waitStarted(c)
+			c.waitStarted(t, bound)
 		}
 		live = append(live, midStarted...)
 		for _, c := range live {
@@ -516,7 +513,7 @@ func TestStressAppend(t *testing.T) {
 			live = live[:0]
 			for range clients {
 				c := startModelClient(b, modelTopicSet(r, ""), "")
-				waitStarted(c)
+				c.waitStarted(t, bound)
 				live = append(live, c)
 			}
 		}

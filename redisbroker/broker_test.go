@@ -512,28 +512,38 @@ func TestRestartLosesLastEvents(t *testing.T) {
 			if got := rs.Do("SAVE"); got != "+OK" { // the last snapshot
 				t.Fatalf("SAVE: %s", got)
 			}
-			s := a.open("", false)
-			waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
-			for i := 4; i <= 6; i++ {
-				a.publish(strconv.Itoa(i))
-			}
-			last := s.expect("4", "5", "6")[2].LastEventID
-			s.close()
-			a.shutdown(5 * time.Second)
-			rs.Kill()
-			rs.Restart() // from the snapshot: events 1 to 3
-
-			b := startNode(t, rs.Addr(), "reboot")
-			for _, d := range []string{"new4", "new5", "new6", "new7"} {
-				b.publish(d)
-			}
-			r := b.open(last, false)
-			if ev := r.next(); ev.Type != sse.MissedType {
-				t.Fatalf("resuming from %q after the restart: got %s %q, want %s", last, ev.Type, ev.Data, sse.MissedType)
-			}
-			r.expect("new4", "new5", "new6", "new7")
+			loseLastEvents(t, a, "reboot", func() string {
+				rs.Kill()
+				rs.Restart() // from the snapshot: events 1 to 3
+				return rs.Addr()
+			})
 		})
 	}
+}
+
+// loseLastEvents has a client of a see events 4 to 6 of ns, then shuts a down and calls lose,
+// which makes Redis lose those events and returns the address of the Redis that serves the
+// log from then on. A process started there publishes four events, and the client, resuming
+// there from the last ID it saw, must get MissedType and then those four.
+func loseLastEvents(t *testing.T, a *node, ns string, lose func() (addr string)) {
+	t.Helper()
+	s := a.open("", false)
+	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
+	for i := 4; i <= 6; i++ {
+		a.publish(strconv.Itoa(i))
+	}
+	last := s.expect("4", "5", "6")[2].LastEventID
+	s.close()
+	a.shutdown(5 * time.Second)
+	b := startNode(t, lose(), ns)
+	for _, d := range []string{"new4", "new5", "new6", "new7"} {
+		b.publish(d)
+	}
+	r := b.open(last, false)
+	if ev := r.next(); ev.Type != sse.MissedType {
+		t.Fatalf("resuming from %q, which Redis lost: got %s %q, want %s", last, ev.Type, ev.Data, sse.MissedType)
+	}
+	r.expect("new4", "new5", "new6", "new7")
 }
 
 // A failover to a replica that had not received the last events, once every process that
@@ -555,25 +565,10 @@ func TestFailoverLosesLastEvents(t *testing.T) {
 	if got := replica.Do("REPLICAOF", "NO", "ONE"); got != "+OK" { // it falls behind, and takes over
 		t.Fatalf("REPLICAOF NO ONE: %s", got)
 	}
-	s := a.open("", false)
-	waitFor(t, "the client to join", func() bool { return a.b.Stats().Clients == 1 })
-	for i := 4; i <= 6; i++ {
-		a.publish(strconv.Itoa(i))
-	}
-	last := s.expect("4", "5", "6")[2].LastEventID
-	s.close()
-	a.shutdown(5 * time.Second)
-	primary.Kill()
-
-	b := startNode(t, replica.Addr(), "failover")
-	for _, d := range []string{"new4", "new5", "new6", "new7"} {
-		b.publish(d)
-	}
-	r := b.open(last, false)
-	if ev := r.next(); ev.Type != sse.MissedType {
-		t.Fatalf("resuming from %q after the failover: got %s %q, want %s", last, ev.Type, ev.Data, sse.MissedType)
-	}
-	r.expect("new4", "new5", "new6", "new7")
+	loseLastEvents(t, a, "failover", func() string {
+		primary.Kill()
+		return replica.Addr()
+	})
 }
 
 // Redis may deny the commands that tell a restart (INFO, CONFIG): processes still read and
