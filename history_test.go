@@ -119,29 +119,42 @@ func TestHistoryMemoryIndexes(t *testing.T) {
 		{"two topics", false, []string{"a", "b"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			b := NewBroker(WithHistoryMemory(budget), WithHistory(1<<20))
-			for i := range 150000 { // over twice what the budget holds
-				ev := Event{Data: data}
-				if tt.ids {
-					ev.ID = "e" + strconv.Itoa(i)
-				}
-				if _, err := b.Publish(ev, tt.topics...); err != nil {
-					t.Fatal(err)
+			// A topic's overhead, and the slack of maps that grow by doubling.
+			limit := uint64(budget + budget/10 + 2*perTopicBytes(len(data)))
+			// What another goroutine frees between the two looks at the heap counts as the
+			// broker's: a heap over the limit is measured again, up to three times.
+			var heap uint64
+			for range 3 {
+				if heap = historyIndexHeap(t, budget, data, tt.ids, tt.topics); heap <= limit {
+					break
 				}
 			}
-			// The heap with the broker, less the heap once it is gone (b is not used after
-			// Shutdown), which what earlier tests left does not change.
-			held := heapInUse()
-			b.Shutdown(context.Background())
-			heap := held - min(heapInUse(), held)
-			// A topic's overhead, and the slack of maps that grow by doubling.
-			limit := budget + budget/10 + 2*perTopicBytes(len(data))
 			t.Logf("heap %.1f MiB with a %d MiB budget", float64(heap)/(1<<20), budget>>20)
-			if heap > uint64(limit) {
+			if heap > limit {
 				t.Errorf("heap %d bytes, over the budget plus overhead, %d", heap, limit)
 			}
 		})
 	}
+}
+
+// historyIndexHeap publishes 150,000 events of data (over twice what the budget holds) to
+// topics, with IDs of their own if ids is set, and returns the heap the broker then holds.
+func historyIndexHeap(t *testing.T, budget int64, data string, ids bool, topics []string) uint64 {
+	b := NewBroker(WithHistoryMemory(budget), WithHistory(1<<20))
+	for i := range 150000 {
+		ev := Event{Data: data}
+		if ids {
+			ev.ID = "e" + strconv.Itoa(i)
+		}
+		if _, err := b.Publish(ev, topics...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The heap with the broker, less the heap once it is gone (b is not used after Shutdown),
+	// which what earlier tests left does not change.
+	held := heapInUse()
+	b.Shutdown(context.Background())
+	return held - min(heapInUse(), held)
 }
 
 // perTopicBytes is what a topic may take beside its events, with events of eventSize bytes:

@@ -281,7 +281,7 @@ func stressPublish(t *testing.T, heartbeat time.Duration) {
 		publishers = 4
 		clients    = 24
 	)
-	bound := 2 * time.Second
+	bound := 10 * time.Second // what a correct broker needs is far less; the bound is for a stuck client
 	var live []*modelClient
 	nextPrivate := 0
 	newClient := func(r *rand.Rand) *modelClient {
@@ -435,7 +435,7 @@ func TestStressAppend(t *testing.T) {
 		rounds  = 60
 		clients = 20
 	)
-	bound := 2 * time.Second
+	bound := 10 * time.Second // what a correct broker needs is far less; the bound is for a stuck client
 	var live []*modelClient
 	if err := b.Follow("e1", 0); err != nil {
 		t.Fatal(err)
@@ -649,7 +649,7 @@ func TestTickWakeNotLost(t *testing.T) {
 		}
 		b.tick()
 		want := b.beats.Load()
-		waitWithin(t, time.Second, fmt.Sprintf("the client to see tick %d (iteration %d)", want, i),
+		waitWithin(t, 10*time.Second, fmt.Sprintf("the client to see tick %d (iteration %d)", want, i),
 			func() bool { return seen.Load() == want })
 	}
 }
