@@ -527,24 +527,33 @@ func TestStressAppend(t *testing.T) {
 	}
 }
 
-// wakesAfterUnlock checks that do, which wakes every group, does so once it has let go of the
-// broker's lock, as TestPublishWakesAfterUnlock does for Publish.
-func wakesAfterUnlock(t *testing.T, b *Broker, do func()) {
+// joinGroups joins n clients to b, client i to topics(i), without streams: stand-ins for
+// clients that wait.
+func joinGroups(t *testing.T, b *Broker, n int, topics func(i int) []string) []*client {
 	t.Helper()
-	const groups = 20000
-	var clients []*client
-	for i := range groups {
-		c, _, _, err := b.join([]string{"all", "user:" + strconv.Itoa(i)}, "", false)
+	clients := make([]*client, 0, n)
+	for i := range n {
+		c, _, _, err := b.join(topics(i), "", false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		clients = append(clients, c)
 	}
-	defer func() {
-		for _, c := range clients {
-			b.leave(c)
-		}
-	}()
+	return clients
+}
+
+func leaveAll(b *Broker, clients []*client) {
+	for _, c := range clients {
+		b.leave(c)
+	}
+}
+
+// wakesAfterUnlock checks that do, which wakes every group, does so once it has let go of the
+// broker's lock, as TestPublishWakesAfterUnlock does for Publish.
+func wakesAfterUnlock(t *testing.T, b *Broker, do func()) {
+	t.Helper()
+	clients := joinGroups(t, b, 20000, func(i int) []string { return []string{"all", "user:" + strconv.Itoa(i)} })
+	defer leaveAll(b, clients)
 	var waiters []<-chan struct{}
 	for _, c := range clients {
 		waiters = append(waiters, c.g.waiter())
@@ -601,19 +610,8 @@ func TestTickWakesAfterUnlock(t *testing.T) {
 func TestTickWakeNotLost(t *testing.T) {
 	b := NewBroker(WithHeartbeat(time.Hour))
 	defer b.Shutdown(context.Background())
-	var others []*client
-	for i := range 2000 {
-		c, _, _, err := b.join([]string{"g" + strconv.Itoa(i)}, "", false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		others = append(others, c)
-	}
-	defer func() {
-		for _, c := range others {
-			b.leave(c)
-		}
-	}()
+	others := joinGroups(t, b, 2000, func(i int) []string { return []string{"g" + strconv.Itoa(i)} })
+	defer leaveAll(b, others)
 	c, _, _, err := b.join([]string{"a"}, "", false)
 	if err != nil {
 		t.Fatal(err)
