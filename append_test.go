@@ -32,7 +32,7 @@ func appendAll(t *testing.T, epoch string, from, to uint64, nodes ...*node) {
 			topic = "b"
 		}
 		for _, nd := range nodes {
-			if err := nd.b.Append(epoch, n, Event{Data: strconv.FormatUint(n, 10)}, topic); err != nil {
+			if err := nd.b.Append(epoch, n, time.Time{}, Event{Data: strconv.FormatUint(n, 10)}, topic); err != nil {
 				t.Fatalf("Append(%s, %d): %v", epoch, n, err)
 			}
 		}
@@ -142,7 +142,7 @@ func TestAppendBreak(t *testing.T) {
 func TestAppendEdges(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		nd := newNode(t, m)
-		if err := nd.b.Append("e1", 0, Event{Data: "0"}); err == nil {
+		if err := nd.b.Append("e1", 0, time.Time{}, Event{Data: "0"}); err == nil {
 			t.Errorf("Append of event 0 = nil, want an error")
 		}
 		appendAll(t, "e1", 1, 3, nd)
@@ -189,5 +189,24 @@ func TestFollow(t *testing.T) {
 		ts.expect("3")
 		ts.close()
 		nd.open(t, "/", "e1-0").expect("1", "2", "3")
+	})
+}
+
+// WithHistoryAge counts from when the log took an event, not from when this Broker appended
+// it: a Broker that reads old events late holds the same ones as one that read them on time.
+func TestAppendAgeFromPublished(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		nd := newNode(t, m, WithHistoryAge(time.Minute))
+		now := time.Now()
+		for n, at := range []time.Time{now.Add(-2 * time.Minute), now.Add(-time.Second), now} {
+			if err := nd.b.Append("e1", uint64(n+1), at, Event{Data: strconv.Itoa(n + 1)}, "a"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ts := nd.open(t, "/", "e1-0")
+		if ev := ts.next(); ev.Type != MissedType {
+			t.Fatalf("resuming from before an event 2 minutes old: got %+v, want %s", ev, MissedType)
+		}
+		ts.expect("2", "3")
 	})
 }

@@ -379,7 +379,11 @@ func (b *Broker) add(e entry, topics []string, waiting []chan struct{}) []chan s
 // of the current epoch that Append has not reached yet (it was served by a Broker further
 // ahead) waits for it, up to a few seconds, and gets MissedType if it does not come. An event
 // that cannot be represented is refused as by Publish.
-func (b *Broker) Append(epoch string, seq uint64, ev Event, topics ...string) error {
+//
+// published is when the log took the event (the zero Time: now). WithHistoryAge counts an
+// event's age from it, so that every Broker following the log drops the same events, however
+// late it read them.
+func (b *Broker) Append(epoch string, seq uint64, published time.Time, ev Event, topics ...string) error {
 	if err := ev.validate(); err != nil {
 		return err
 	}
@@ -398,6 +402,9 @@ func (b *Broker) Append(epoch string, seq uint64, ev Event, topics ...string) er
 	}
 	frame := wire.appendTo(make([]byte, 0, wire.size()))
 	at := b.stamp()
+	if at != 0 && !published.IsZero() {
+		at = published.UnixNano()
+	}
 
 	var wakeBuf [8]chan struct{}
 	b.mu.Lock()

@@ -140,11 +140,11 @@ func TestStreamEnds(t *testing.T) {
 			log := &records{}
 			b := NewBroker(WithLogger(slog.New(log)))
 			s, ends := endServer(t, m, b, unwrapped)
-			b.Append("e1", 1, Event{Data: "1"})
+			b.Append("e1", 1, time.Time{}, Event{Data: "1"})
 			ts := s.openN(t, "/", 1)
-			b.Append("e1", 2, Event{Data: "2"})
+			b.Append("e1", 2, time.Time{}, Event{Data: "2"})
 			ts.expect("2")
-			b.Append("e1", 5, Event{Data: "5"}) // 3 and 4 were lost
+			b.Append("e1", 5, time.Time{}, Event{Data: "5"}) // 3 and 4 were lost
 			check(t, ends, log, ErrEventsLost, slog.LevelWarn, "events lost upstream", 1, "")
 		})
 	})

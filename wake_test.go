@@ -460,7 +460,7 @@ func TestStressAppend(t *testing.T) {
 					topics = modelTopicSet(r, "")
 				}
 				n++
-				if err := b.Append("e1", n, Event{Data: "x"}, topics...); err != nil {
+				if err := b.Append("e1", n, time.Time{}, Event{Data: "x"}, topics...); err != nil {
 					t.Errorf("Append: %v", err)
 					return
 				}
@@ -491,7 +491,7 @@ func TestStressAppend(t *testing.T) {
 			n += 5
 			if brk == 0 {
 				n++
-				if err := b.Append("e1", n, Event{Data: "x"}, "a"); err != nil {
+				if err := b.Append("e1", n, time.Time{}, Event{Data: "x"}, "a"); err != nil {
 					t.Fatal(err)
 				}
 				m.record(n, []string{"a"})
@@ -592,7 +592,7 @@ func TestAppendWakesAfterUnlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	wakesAfterUnlock(t, b, func() {
-		if err := b.Append("e1", 1, Event{Data: "x"}, "all"); err != nil {
+		if err := b.Append("e1", 1, time.Time{}, Event{Data: "x"}, "all"); err != nil {
 			t.Fatal(err)
 		}
 	})

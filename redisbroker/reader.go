@@ -337,7 +337,7 @@ func (r *reader) read(ctx context.Context, cmd redis.Cmdable, block time.Duratio
 				// The only errors are ErrClosed, after Shutdown, and an event that Publish would
 				// have refused, which only another program can have written: its clients will
 				// get MissedType, since the numbers no longer follow.
-				if err := r.core.Append(e.epoch, r.seq, le.ev, le.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
+				if err := r.core.Append(e.epoch, r.seq, time.Time{}, le.ev, le.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
 					r.logf(slog.LevelWarn, "skipping an event", err)
 				}
 			}
