@@ -47,7 +47,7 @@ type Broker struct {
 
 	// Clients read these without a lock.
 	published atomic.Uint64 // the sequence number of the last event appended to all its topics
-	beats     atomic.Uint64 // how many heartbeat ticks there have been
+	ticks     atomic.Uint64 // how many heartbeat ticks there have been; see heartbeat.go
 	breaks    atomic.Uint64 // how many times the log the Broker follows broke; see Append
 
 	// mu guards the fields below it, and what topics and groups say it guards. Publish,
@@ -95,6 +95,9 @@ type group struct {
 	topics  []*topic
 	slots   []int // the group's index in each of its topics' groups
 	clients int
+	active  uint64 // Broker.ticks when the group was last woken, by an event or a heartbeat
+
+	beats atomic.Uint64 // how many heartbeats the group was woken with
 
 	wakeMu sync.Mutex    // guards wake, which clients set without Broker.mu
 	wake   chan struct{} // closed to wake the group's clients; nil when none waits
@@ -248,8 +251,10 @@ func (b *Broker) add(e entry, topics []string, waiting []chan struct{}) []chan s
 	// published, so that it misses no wake-up. (A group in several of the topics has its
 	// channel taken once: the first time.)
 	b.published.Store(e.seq)
+	now := b.ticks.Load()
 	for _, t := range added {
 		for _, g := range t.groups {
+			g.active = now
 			if ch := g.take(); ch != nil {
 				waiting = append(waiting, ch)
 			}

@@ -3,6 +3,7 @@ package sse
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -206,42 +207,69 @@ func (b *Broker) retryLater() time.Duration {
 	return min(b.opts.retry+rand.N(b.opts.retry), maxRetry)
 }
 
-// A client is one open stream's place in the history of its topics. Only the stream's handler
-// goroutine uses it.
+// A client is one open stream: its place in the history of its topics, and what the rules
+// every stream follows need to know of it. One goroutine at a time uses it: the stream's
+// handler, or the poller that holds the stream.
 type client struct {
 	reader // a cursor for each of g.topics
 	g      *group
-	idle   bool   // nothing was sent since the last heartbeat tick
 	sent   int    // events written
+	batch  int    // events in what next returned last
 	breaks uint64 // Broker.breaks when the client joined
-	beats  uint64 // Broker.beats when the client last looked
+	beats  uint64 // g.beats when the client last looked
 }
 
-// next returns the client's next events, in publish order, and advances its cursors. When there
-// are none, it returns a channel that is closed when there may be. lost reports that the
-// client fell further behind than the history holds.
-func (c *client) next(b *Broker) (frames [][]byte, wake <-chan struct{}, lost bool) {
-	if frames, lost = c.read(b.published.Load()); lost || len(frames) > 0 {
-		return frames, nil, lost
+// next returns what the client's stream writes next, and end, not nil if the stream ends once
+// that is written: the client's next events, in publish order, up to maxBatch (its cursors
+// advance past them); a heartbeat; or, for a stream the broker ends while it can still write
+// to it, a retry hint spread over the retry delay, so that its clients do not all come back
+// at once. With nothing to write and no end, the stream waits until its group is woken (see
+// group.take): everything that next looks at is done before the wake-up it causes.
+func (c *client) next(b *Broker) (out [][]byte, end error) {
+	c.batch = 0
+	frames, lost := c.read(b.published.Load())
+	// Append counts a break before it adds the first event after it: a client that read that
+	// event sees the break too, and does not skip what was lost.
+	if b.breaks.Load() != c.breaks {
+		clear(frames)
+		return b.goodbye(), ErrEventsLost
 	}
-	wake = c.g.waiter()
-	// What happened before the waiter was made did not close it: an event published, a
-	// heartbeat tick, Shutdown. Each is done before its wake-up, so it is seen now.
-	if frames, lost = c.read(b.published.Load()); lost || len(frames) > 0 {
-		return frames, nil, lost
+	if lost {
+		b.stats.slow.Add(1)
+		return b.goodbye(), fmt.Errorf("%w: it fell behind the history", ErrSlowClient)
 	}
-	if c.beats != b.beats.Load() || b.isClosed() {
-		return nil, woken, false
+	if len(frames) > 0 {
+		c.batch = len(frames)
+		return frames, nil
 	}
-	return nil, wake, false
+	// What was published before Shutdown was sent first: Publish accepts nothing more, so
+	// this ends.
+	if b.isClosed() {
+		return b.goodbye(), ErrClosed
+	}
+	if n := c.g.beats.Load(); n != c.beats {
+		c.beats = n
+		return heartbeats, nil
+	}
+	return nil, nil
 }
 
-// woken is a closed channel: a wake-up that has already happened.
-var woken = func() chan struct{} {
-	c := make(chan struct{})
-	close(c)
-	return c
-}()
+// wrote records that what next returned last was written.
+func (c *client) wrote(b *Broker) {
+	if c.batch > 0 {
+		clear(c.frames[:c.batch]) // let the history drop them
+		b.stats.delivered.Add(int64(c.batch))
+		c.sent += c.batch
+	}
+}
+
+// goodbye returns the last words of a stream that the broker ends: a retry hint spread over
+// the retry delay.
+func (b *Broker) goodbye() [][]byte {
+	return [][]byte{appendRetry(nil, b.retryLater())}
+}
+
+var heartbeats = [][]byte{heartbeat}
 
 // join subscribes a new client to topics, placing it after the event lastID names, or at the
 // end of the history if lastID is empty. missed reports that lastID was unknown or that events
@@ -279,7 +307,7 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 	}
 	g := b.groups[key]
 	if g == nil {
-		g = &group{key: key}
+		g = &group{key: key, active: b.ticks.Load()}
 		for _, name := range names {
 			t := b.topic(name)
 			if t.unread != nil {
@@ -295,13 +323,13 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 	g.clients++
 	if b.stats.clients.Add(1) == 1 && b.opts.heartbeat > 0 {
 		if b.beatTimer == nil {
-			b.beatTimer = time.AfterFunc(b.opts.heartbeat, b.tick)
+			b.beatTimer = time.AfterFunc(b.tickEvery(), b.tick)
 		} else {
-			b.beatTimer.Reset(b.opts.heartbeat)
+			b.beatTimer.Reset(b.tickEvery())
 		}
 	}
 
-	c = &client{reader: reader{cursors: make([]cursor, len(g.topics))}, g: g, beats: b.beats.Load(), breaks: b.breaks.Load()}
+	c = &client{reader: reader{cursors: make([]cursor, len(g.topics))}, g: g, beats: g.beats.Load(), breaks: b.breaks.Load()}
 	place := func(i int, pos uint64) {
 		t := g.topics[i]
 		c.cursors[i] = cursor{t: t, c: t.chunk(pos), pos: pos}
