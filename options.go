@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"context"
 	"log/slog"
 	"time"
 )
@@ -17,6 +18,7 @@ type options struct {
 	retry        time.Duration
 	writeTimeout time.Duration
 	maxClients   int
+	onEnd        func(ctx context.Context, err error)
 }
 
 // WithHistory sets how many events each topic keeps, 1024 if n is not positive. The history
@@ -101,4 +103,16 @@ func WithLogger(l *slog.Logger) Option {
 // there is no limit. A client over the limit is told to retry later, see [Broker.ServeEvents].
 func WithMaxClients(n int) Option {
 	return func(o *options) { o.maxClients = max(n, 0) }
+}
+
+// WithStreamEnd has the broker call f once for every stream that ServeEvents (or Handler)
+// served or refused, when it ends, with the request's context and why the stream ended (what
+// ServeEvents returns in the handler's goroutine; see ServeEvents). It is the one moment that
+// is the same whether a stream runs in its handler or on the broker's pollers (WithHijack):
+// an application that counts who is connected marks a client present before it calls
+// ServeEvents and absent in f, with what it put in the context (context.WithValue) to tell
+// clients apart. f runs on the goroutine that ends the stream; it must not block, and the
+// context may be done already.
+func WithStreamEnd(f func(ctx context.Context, err error)) Option {
+	return func(o *options) { o.onEnd = f }
 }

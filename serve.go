@@ -50,34 +50,60 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
 		return errMethod
 	}
+	end := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: topics, began: time.Now()}
+	if err := checkFlush(w); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return b.ended(end, 0, err)
+	}
 	setHeaders(w.Header())
 	s := newFlushWriter(w, r, b.opts.writeTimeout)
+	if !canSetDeadline(w) && b.warnedDeadline.CompareAndSwap(false, true) && b.opts.logger != nil {
+		b.opts.logger.LogAttrs(r.Context(), slog.LevelWarn, "sse: the ResponseWriter cannot set write deadlines: "+
+			"a middleware that wraps it must offer Unwrap; until then the server's WriteTimeout cuts streams, "+
+			"and a stalled client is not cut at the broker's write timeout",
+			slog.String("writer", fmt.Sprintf("%T", w)))
+	}
 	// What net/http writes after the handler returns (over HTTP/1.1, the end of the chunked
 	// body) must not wait forever on a client that stopped reading.
 	defer func() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }()
 
-	began := time.Now()
 	c, start, missed, err := b.joinWaiting(r.Context(), topics, lastEventID(r))
-	if err == context.Canceled || err == context.DeadlineExceeded {
-		b.logEnd(r, topics, began, 0, nil)
-		return nil // gone while it waited
-	}
 	if err != nil {
+		if ctxErr := r.Context().Err(); ctxErr != nil && errors.Is(err, ctxErr) {
+			return b.ended(end, 0, contextEnded(r.Context())) // it ended while the client waited
+		}
 		b.stats.refused.Add(1)
 		s.write(appendRetry(nil, b.retryLater()))
-		b.logEnd(r, topics, began, 0, err)
-		return err
+		return b.ended(end, 0, err)
 	}
 	defer b.leave(c)
 	err = b.stream(r.Context(), s, c, start, missed)
-	b.logEnd(r, topics, began, c.sent, err)
+	return b.ended(end, c.sent, err)
+}
+
+// An ending is what the end of a stream is reported with: to the logger, and to the function
+// WithStreamEnd sets.
+type ending struct {
+	ctx    context.Context // the request's
+	remote string
+	topics []string
+	began  time.Time
+}
+
+// ended reports the end of a stream that was sent sent events, and returns err, why it ended.
+func (b *Broker) ended(e *ending, sent int, err error) error {
+	b.logEnd(e, sent, err)
+	if b.opts.onEnd != nil {
+		b.opts.onEnd(e.ctx, err)
+	}
 	return err
 }
 
 var errMethod = errors.New("sse: method not allowed")
 
 // An aheadError is what join returns for a client that resumes from an ID of the log the
-// broker follows that Append has not reached: caughtUp is closed at the next Append.
+// broker follows that Append has not reached: caughtUp is closed when Append reaches it, or
+// at a break in the log.
 type aheadError struct{ caughtUp <-chan struct{} }
 
 func (*aheadError) Error() string { return "sse: resuming from an event not yet appended" }
@@ -104,49 +130,62 @@ func (b *Broker) joinWaiting(ctx context.Context, names []string, lastID string)
 			defer timer.Stop()
 			deadline = timer.C
 		}
+		timedOut := false
 		select {
 		case <-ahead.caughtUp:
 		case <-deadline:
-			return b.join(names, lastID, false) // it did not come: resume as from an unknown ID
+			timedOut = true
 		case <-b.done:
 		case <-ctx.Done():
-			return nil, "", false, ctx.Err()
+		}
+		b.mu.Lock()
+		b.waiting--
+		b.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return nil, "", false, err
+		}
+		if timedOut {
+			return b.join(names, lastID, false) // it did not come: resume as from an unknown ID
 		}
 	}
 }
 
-// logEnd logs why the stream of r ended, if the broker has a logger for that level.
-func (b *Broker) logEnd(r *http.Request, topics []string, began time.Time, sent int, err error) {
+// logEnd logs why a stream ended, if the broker has a logger for that level.
+func (b *Broker) logEnd(e *ending, sent int, err error) {
 	l := b.opts.logger
 	if l == nil {
 		return
 	}
 	level, reason := slog.LevelDebug, "client gone"
 	switch {
+	case errors.Is(err, errNoFlush):
+		level, reason = slog.LevelError, "the ResponseWriter cannot flush"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		level, reason = slog.LevelWarn, "write timed out"
 	case errors.Is(err, ErrSlowClient):
 		level, reason = slog.LevelWarn, "fell behind the history"
 	case errors.Is(err, ErrEventsLost):
-		level, reason = slog.LevelWarn, "events lost upstream"
+		reason = "events lost upstream" // Append logs the break once, at Warn
 	case errors.Is(err, ErrTooManyClients):
 		level, reason = slog.LevelWarn, "refused: too many clients"
 	case errors.Is(err, ErrClosed):
 		reason = "shutdown"
+	case err != nil:
+		level, reason = slog.LevelWarn, err.Error() // the request's context ended
 	}
-	ctx := r.Context()
-	if !l.Enabled(ctx, level) {
+	if !l.Enabled(e.ctx, level) {
 		return
 	}
+	topics := e.topics
 	if len(topics) == 0 {
 		topics = defaultTopics
 	}
-	l.LogAttrs(ctx, level, "sse: stream ended",
+	l.LogAttrs(e.ctx, level, "sse: stream ended",
 		slog.String("reason", reason),
 		slog.Any("topics", topics),
-		slog.Duration("duration", time.Since(began)),
+		slog.Duration("duration", time.Since(e.began)),
 		slog.Int("events", sent),
-		slog.String("remote", r.RemoteAddr))
+		slog.String("remote", e.remote))
 }
 
 // preamble returns what a stream starts with: the retry hint, the MissedType event if missed,
@@ -291,18 +330,21 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 	if b.closed {
 		return nil, "", false, ErrClosed
 	}
-	if b.opts.maxClients > 0 && b.stats.clients.Load() >= int64(b.opts.maxClients) {
+	if b.opts.maxClients > 0 && b.stats.clients.Load()+int64(b.waiting) >= int64(b.opts.maxClients) {
 		return nil, "", false, ErrTooManyClients
 	}
 	if wait && lastID != "" {
 		if seq, _, ahead := b.lookup(lastID); ahead {
-			if b.caughtUp == nil || seq < b.awaited {
-				if b.caughtUp != nil {
-					close(b.caughtUp) // its waiters wait again, for the new awaited
+			ch := b.ahead[seq]
+			if ch == nil {
+				if b.ahead == nil {
+					b.ahead = make(map[uint64]chan struct{})
 				}
-				b.caughtUp, b.awaited = make(chan struct{}), seq
+				ch = make(chan struct{})
+				b.ahead[seq] = ch
 			}
-			return nil, "", false, &aheadError{b.caughtUp}
+			b.waiting++ // until joinWaiting is done waiting
+			return nil, "", false, &aheadError{ch}
 		}
 	}
 	g := b.groups[key]
