@@ -41,6 +41,7 @@ func (b *Broker) tick() {
 	b.beatTimer.Reset(b.tickEvery())
 	b.mu.Unlock()
 	wake(waiting) // as Publish does
+	b.kickPollers()
 }
 
 // tickEvery returns the time between ticks.

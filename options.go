@@ -19,6 +19,7 @@ type options struct {
 	writeTimeout time.Duration
 	maxClients   int
 	onEnd        func(ctx context.Context, err error)
+	hijack       bool
 }
 
 // WithHistory sets how many events each topic keeps, 1024 if n is not positive. The history
@@ -115,4 +116,28 @@ func WithMaxClients(n int) Option {
 // context may be done already.
 func WithStreamEnd(f func(ctx context.Context, err error)) Option {
 	return func(o *options) { o.onEnd = f }
+}
+
+// WithHijack has the broker take each stream it can over from net/http and serve it from a
+// few goroutines of its own (about GOMAXPROCS, each waiting on an epoll set), so that an idle
+// stream costs no goroutine and a small fraction of the memory net/http's connection takes.
+// Turn it on for a server that holds many streams open at once, tens of thousands or more.
+//
+// A stream is taken over when it is plain HTTP/1.x over TCP on Linux (not TLS: terminate TLS at
+// a proxy in front) and the ResponseWriter can hijack its connection, through
+// http.ResponseController (a middleware that wraps it must offer Unwrap), and has not been given
+// a Content-Encoding. The broker then writes the response head itself (with "Connection: close",
+// the body ending when the connection does) or, after a greeting sent with NewStream, goes on
+// with the chunked body net/http began; it hands the connection to its pollers, and ServeEvents
+// returns at once (see ServeEvents). Every other stream (HTTP/2, TLS, a writer that cannot
+// hijack, other systems) is served in its handler, as without this option.
+//
+// What changes for a stream taken over: middleware sees the handler return as soon as the
+// stream is handed over, not when it ends, so act on a stream's end with WithStreamEnd; the
+// request's context no longer ends the stream, and a client that closes its connection, sends
+// anything more on it, or stalls a write for the write timeout ends it at once.
+// http.Server.Shutdown does not wait for such streams: register Broker.Shutdown with the
+// server's RegisterOnShutdown, and wait for it, to end them. Stats counts them as Hijacked.
+func WithHijack() Option {
+	return func(o *options) { o.hijack = true }
 }

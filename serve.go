@@ -76,6 +76,9 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 		s.write(appendRetry(nil, b.retryLater()))
 		return b.ended(end, 0, err)
 	}
+	if b.opts.hijack && b.hijack(w, r, c, start, missed, end) {
+		return nil // the broker's pollers serve the stream now
+	}
 	defer b.leave(c)
 	err = b.stream(r.Context(), s, c, start, missed)
 	return b.ended(end, c.sent, err)
@@ -489,6 +492,7 @@ func (b *Broker) leave(c *client) {
 		}
 		if b.drained != nil {
 			close(b.drained)
+			b.stopPollers() // no stream is left, and none can come
 		}
 	}
 }
