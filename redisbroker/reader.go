@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -332,18 +333,33 @@ func (r *reader) read(ctx context.Context, cmd redis.Cmdable, block time.Duratio
 				}
 			}
 			r.lastID = m.ID
+			published := entryTime(m.ID)
 			for i, le := range e.evs {
 				r.seq = e.first + uint64(i)
 				// The only errors are ErrClosed, after Shutdown, and an event that Publish would
 				// have refused, which only another program can have written: its clients will
 				// get MissedType, since the numbers no longer follow.
-				if err := r.core.Append(e.epoch, r.seq, time.Time{}, le.ev, le.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
+				if err := r.core.Append(e.epoch, r.seq, published, le.ev, le.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
 					r.logf(slog.LevelWarn, "skipping an event", err)
 				}
 			}
 		}
 	}
 	return n, nil
+}
+
+// entryTime returns when Redis added the entry of stream ID id: its first part, in
+// milliseconds of Redis's clock. Every process reads the same time for an event, however
+// late it reads it, so that each drops it from its history (sse.WithHistoryAge) at the same
+// moment, and gives the same answer to a client that resumes from before it. It returns the
+// zero Time, which Append takes for now, for an ID not in that form.
+func entryTime(id string) time.Time {
+	ms, _, _ := strings.Cut(id, "-")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n)
 }
 
 func (r *reader) logf(level slog.Level, msg string, err error) {
