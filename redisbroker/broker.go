@@ -29,10 +29,12 @@
 // by [WithBrokerOptions]. New reads what the log retains before it returns, so that a process
 // that starts resumes the IDs Redis still holds without sending MissedType. A client that
 // resumes from an ID another process has served before this one has read it waits for it, a
-// few seconds at most. While events keep coming, a Broker reads the log at most every 10 ms,
-// so that what came meanwhile goes to each client in one write: a busy log adds up to 10 ms
-// to each event's way, and saves the processes and Redis a read, a wake-up and a write per
-// client for each event. A namespace with no log yet gets one when the first process starts,
+// few seconds at most. A Broker reads the log in pages of about a MiB (or one entry, if
+// bigger), at New and whenever it has fallen behind, so that catching up holds about the
+// history's memory (sse.WithHistoryMemory), however big the log's entries are. While events
+// keep coming, a Broker reads the log at most every 10 ms, so that what came meanwhile goes
+// to each client in one write: a busy log adds up to 10 ms to each event's way, and saves the
+// processes and Redis a read, a wake-up and a write per client for each event. A namespace with no log yet gets one when the first process starts,
 // so that even its first clients get IDs of the log.
 //
 // # When Redis loses data or cannot be reached
@@ -172,13 +174,14 @@ func New(ctx context.Context, client redis.UniversalClient, namespace string, op
 		pubStopped: make(chan struct{}),
 	}
 	b.r = &reader{
-		client: client,
-		core:   b.core,
-		meta:   b.keys[0],
-		log:    b.keys[1],
-		block:  cfg.block,
-		logger: cfg.logger,
-		lastID: "0-0",
+		client:    client,
+		core:      b.core,
+		meta:      b.keys[0],
+		log:       b.keys[1],
+		block:     cfg.block,
+		logger:    cfg.logger,
+		lastID:    "0-0",
+		liveCount: 1, // until the reader has seen entries
 	}
 	if err := b.r.catchUp(ctx); err != nil {
 		b.r.closeConn()

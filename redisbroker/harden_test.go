@@ -1,8 +1,17 @@
 package redisbroker_test
 
 import (
+	"context"
+	"net"
+	"runtime"
+	"runtime/metrics"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"sse"
 	"sse/internal/redistest"
@@ -39,5 +48,248 @@ func TestHistoryAgeAcrossNodes(t *testing.T) {
 		}
 		s.close()
 		tt.n.open(young, false).expect("4")
+	}
+}
+
+// Catching up reads the log in pages of a bounded size, so that a process that starts on a
+// log of big entries needs about its history's memory, not the log's: New on a log of 400
+// entries of 128 events of 4 KiB (200 MiB) with a history of 16 MiB holds less than twice the
+// history live at any collection, and the heap, which the collector lets grow to twice what
+// it found live, less than four times.
+func TestCatchUpMemory(t *testing.T) {
+	// Not parallel: it measures the heap of the whole test process.
+	rs := redistest.Start(t)
+	const (
+		ns      = "big"
+		entries = 400
+		perCall = 128
+		budget  = 16 << 20
+	)
+	writeLog(t, rs, ns, entries, perCall, 4<<10)
+
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	heap := watchHeap(t)
+	b, err := redisbroker.New(t.Context(), rdb, ns, redisbroker.WithMaxLen(entries),
+		redisbroker.WithBrokerOptions(sse.WithHistory(1<<20), sse.WithHistoryMemory(budget)))
+	live, objects := heap()
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer b.Shutdown(context.Background())
+	if got := b.Stats().Published; got != entries*perCall {
+		t.Fatalf("New read %d events, want %d", got, entries*perCall)
+	}
+	t.Logf("while New read %d MiB of events into a history of %d MiB, the heap grew by %.1f MiB live, %.1f MiB in all",
+		entries*perCall*4>>10, budget>>20, mib(live), mib(objects))
+	if live > 2*budget {
+		t.Errorf("the heap held %.1f MiB more live while New read the log, want less than %d MiB: twice the history's budget", mib(live), 2*budget>>20)
+	}
+	if objects > 4*budget {
+		t.Errorf("the heap grew by %.1f MiB while New read the log, want less than %d MiB: four times the history's budget", mib(objects), 4*budget>>20)
+	}
+}
+
+// A process that fell behind catches up in pages of a bounded size too: a node whose
+// connections to Redis stall while 400 entries of 128 events of 4 KiB (200 MiB) are added to
+// the log holds less than twice its history (16 MiB) live while it reads them.
+func TestFallBehindMemory(t *testing.T) {
+	// Not parallel: it measures the heap of the whole test process.
+	rs := redistest.Start(t)
+	const (
+		ns      = "behind"
+		entries = 400
+		perCall = 128
+		budget  = 16 << 20
+	)
+	p := newStallProxy(t, rs.Addr())
+	n := startNode(t, p.addr(), ns, redisbroker.WithMaxLen(entries),
+		redisbroker.WithBrokerOptions(sse.WithHistory(1<<20), sse.WithHistoryMemory(budget)))
+	// Small entries first, as a log has while it is quiet.
+	for i := range 20 {
+		n.publish(strconv.Itoa(i))
+	}
+	waitAppended(t, 20, n)
+	time.Sleep(100 * time.Millisecond) // the reader waits for entries again
+	p.hold()
+	writeLog(t, rs, ns, entries, perCall, 4<<10)
+	heap := watchHeap(t)
+	p.release()
+	waitFor(t, "the node to read the log", func() bool { return n.b.Stats().Published == 20+entries*perCall })
+	live, objects := heap()
+	t.Logf("while a node read %d MiB of events it had fallen behind on into a history of %d MiB, the heap grew by %.1f MiB live, %.1f MiB in all",
+		entries*perCall*4>>10, budget>>20, mib(live), mib(objects))
+	if live > 2*budget {
+		t.Errorf("the heap held %.1f MiB more live while the node caught up, want less than %d MiB: twice the history's budget", mib(live), 2*budget>>20)
+	}
+	if objects > 4*budget {
+		t.Errorf("the heap grew by %.1f MiB while the node caught up, want less than %d MiB: four times the history's budget", mib(objects), 4*budget>>20)
+	}
+}
+
+// A stallProxy forwards TCP connections to Redis, except while it holds them: then it
+// forwards nothing either way until it releases them, as a network that stalls.
+type stallProxy struct {
+	ln     net.Listener
+	target string
+
+	mu   sync.Mutex
+	gate chan struct{} // guarded by mu; closed while nothing is held
+}
+
+func newStallProxy(t *testing.T, target string) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln, target: target, gate: make(chan struct{})}
+	close(p.gate)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			wg.Go(func() { p.pipe(s, c) })
+			wg.Go(func() { p.pipe(c, s) })
+		}
+	})
+	t.Cleanup(func() {
+		p.release()
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *stallProxy) addr() string { return p.ln.Addr().String() }
+
+// pipe copies from src to dst, waiting at the gate before each write.
+func (p *stallProxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			gate := p.gate
+			p.mu.Unlock()
+			<-gate
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// hold stops forwarding until release.
+func (p *stallProxy) hold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.gate:
+		p.gate = make(chan struct{})
+	default:
+	}
+}
+
+// release forwards what was held, and what comes next.
+func (p *stallProxy) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.gate:
+	default:
+		close(p.gate)
+	}
+}
+
+func mib(n uint64) float64 { return float64(n) / (1 << 20) }
+
+// writeLog adds entries entries of perCall events of size bytes each to the log of ns, as
+// the publish script of one process would.
+func writeLog(t *testing.T, rs *redistest.Server, ns string, entries, perCall, size int) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	var evs []byte
+	for i := range perCall {
+		evs = redisbroker.AppendEvent(evs, sse.Event{Data: strings.Repeat(strconv.Itoa(i%10), size)}, nil)
+	}
+	keys := append(redisbroker.Keys(ns), redisbroker.PubKey(ns, "writer"))
+	pipe := rdb.Pipeline()
+	for i := range entries {
+		redisbroker.PublishScript.Eval(t.Context(), pipe, keys, "abcdefgh", entries, perCall, i+1, evs, 60000)
+		if i%8 == 7 || i == entries-1 {
+			if _, err := pipe.Exec(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// watchHeap samples the heap every millisecond until the test ends, and returns a function
+// that reports by how much it grew from what was live after a collection at the start, at
+// most so far: live, as the last collection found it, and in all (the bytes of objects live,
+// or dead and not yet swept).
+func watchHeap(t *testing.T) func() (live, objects uint64) {
+	runtime.GC()
+	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+	var mu sync.Mutex
+	var most [2]uint64 // guarded by mu
+	read := func() {
+		metrics.Read(samples)
+		mu.Lock()
+		defer mu.Unlock()
+		for i, s := range samples {
+			most[i] = max(most[i], s.Value.Uint64())
+		}
+	}
+	read()
+	base := most[1]
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			read()
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+	})
+	return func() (live, objects uint64) {
+		read()
+		mu.Lock()
+		defer mu.Unlock()
+		return most[0] - min(base, most[0]), most[1] - base
 	}
 }
