@@ -2,12 +2,14 @@ package redisbroker_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"runtime"
 	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 
 	"sse"
 	"sse/internal/redistest"
+	"sse/internal/ssetest"
 	"sse/redisbroker"
 )
 
@@ -292,4 +295,132 @@ func watchHeap(t *testing.T) func() (live, objects uint64) {
 		defer mu.Unlock()
 		return most[0] - min(base, most[0]), most[1] - base
 	}
+}
+
+// New returns at its context's deadline, or as soon as it is canceled, while Redis hangs (it
+// holds its connections and answers nothing), whatever the client's options (by default,
+// go-redis waits for an answer its ReadTimeout, 3s, and dials five times), and leaves nothing
+// running.
+func TestNewWhileRedisHangs(t *testing.T) {
+	checkGoroutines(t)
+	rs := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()}) // go-redis's defaults
+	defer rdb.Close()
+	rs.Signal(syscall.SIGSTOP)
+	t.Cleanup(func() { rs.Signal(syscall.SIGCONT) })
+	const wait = 500 * time.Millisecond
+	for _, tt := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+	}{
+		{"deadline", func() (context.Context, context.CancelFunc) { return context.WithTimeout(t.Context(), wait) }},
+		{"canceled", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(t.Context())
+			time.AfterFunc(wait, cancel)
+			return ctx, cancel
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := tt.ctx()
+			defer cancel()
+			began := time.Now()
+			b, err := redisbroker.New(ctx, rdb, "hung")
+			took := time.Since(began)
+			if err == nil {
+				b.Shutdown(context.Background())
+				t.Fatal("New while Redis hangs: no error")
+			}
+			if !errors.Is(err, ctx.Err()) {
+				t.Errorf("New: %v, want the context's error, %v", err, ctx.Err())
+			}
+			if took > wait+300*time.Millisecond {
+				t.Errorf("New took %v, want about %v: its context's", took, wait)
+			}
+			if left := brokerGoroutines(); len(left) > 0 {
+				t.Errorf("%d goroutines of the broker left running once New returned:\n%s", len(left), strings.Join(left, "\n\n"))
+			}
+		})
+	}
+}
+
+// Shutdown returns at its context's deadline while Redis hangs, with a publish its caller
+// gave up on still on its way to Redis and the reader waiting for Redis, and then nothing of
+// the broker's runs: no goroutine of its own, none in go-redis on its behalf.
+func TestShutdownWhileRedisHangs(t *testing.T) {
+	checkGoroutines(t)
+	rs := redistest.Start(t)
+	n := startNode(t, rs.Addr(), "hang", redisbroker.WithPublishTimeout(5*time.Second))
+	n.publish("1")
+	s := n.open("", false)
+	waitFor(t, "the client to join", func() bool { return n.b.Stats().Clients == 1 })
+	before := goroutinesIn("github.com/redis/go-redis/")
+	rs.Signal(syscall.SIGSTOP)
+	t.Cleanup(func() { rs.Signal(syscall.SIGCONT) })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := n.b.PublishContext(ctx, sse.Event{Data: "lost?"}); err == nil {
+		t.Fatal("Publish while Redis hangs: no error")
+	}
+	// Its event is still on its way, for up to the publish timeout.
+	if len(goroutinesIn("redisbroker.(*Broker).send(")) == 0 {
+		t.Fatal("the publisher is not waiting for Redis")
+	}
+
+	const wait = 500 * time.Millisecond
+	ctx, cancel = context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	began := time.Now()
+	err := n.b.Shutdown(ctx)
+	took := time.Since(began)
+	left := brokerGoroutines()
+	inRedis := redisGoroutines(len(before))
+	if took > wait+300*time.Millisecond {
+		t.Errorf("Shutdown took %v, want about %v: its context's", took, wait)
+	}
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if len(left) > 0 {
+		t.Errorf("%d goroutines of the broker left running once Shutdown returned:\n%s", len(left), strings.Join(left, "\n\n"))
+	}
+	if len(inRedis) > len(before) {
+		t.Errorf("%d goroutines in go-redis once Shutdown returned, %d before Redis hung:\n%s", len(inRedis), len(before), strings.Join(inRedis, "\n\n"))
+	}
+	s.expectEnd()
+}
+
+// settle is how long a goroutine that has done its work may take to return: it may not have
+// run since, on a busy machine. A call left in Redis lasts seconds.
+const settle = 100 * time.Millisecond
+
+// brokerGoroutines returns the stacks of the goroutines running code of the redisbroker
+// package (not its tests'), once those that are returning have returned.
+func brokerGoroutines() []string { return settled("sse/redisbroker.", 0) }
+
+// redisGoroutines returns the stacks of the goroutines running code of go-redis, once those
+// that are returning have returned, if no more than want are left.
+func redisGoroutines(want int) []string { return settled("github.com/redis/go-redis/", want) }
+
+// settled returns the stacks of the goroutines that contain code, waiting up to settle for no
+// more than want to be left.
+func settled(code string, want int) []string {
+	deadline := time.Now().Add(settle)
+	for {
+		gs := goroutinesIn(code)
+		if len(gs) <= want || time.Now().After(deadline) {
+			return gs
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// goroutinesIn returns the stacks of the goroutines that contain code.
+func goroutinesIn(code string) []string {
+	var gs []string
+	for _, g := range ssetest.Goroutines() {
+		if strings.Contains(g, code) {
+			gs = append(gs, g)
+		}
+	}
+	return gs
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -17,26 +16,24 @@ import (
 
 // A reader reads the log into a process's sse.Broker, in order, from one goroutine.
 type reader struct {
-	client    redis.UniversalClient
+	client    redis.UniversalClient // link's client, or the caller's if it has no link
+	link      *link                 // nil if the caller's client is not a *redis.Client
 	core      *sse.Broker
 	meta, log string
 	block     time.Duration
 	logger    *slog.Logger
 
 	// Only the reader's goroutine uses these (and New, before it starts).
-	conn    *redis.Conn // a connection of its own for blocking reads, when client is a *redis.Client
-	epoch   string      // the epoch of the log being read; "" until one is known
-	seq     uint64      // the number of the last event of epoch read
-	lastID  string      // the stream ID of the last entry read; "0-0" reads from the start
-	checked time.Time   // when the epoch was last looked at
-	failing bool        // the last attempt failed
-	busy    time.Time   // when the last read that returned entries began; zero if the last returned none
-	behind  bool        // entries may be waiting: the next read takes a page of them rather than block
+	epoch   string    // the epoch of the log being read; "" until one is known
+	seq     uint64    // the number of the last event of epoch read
+	lastID  string    // the stream ID of the last entry read; "0-0" reads from the start
+	checked time.Time // when the epoch was last looked at
+	failing bool      // the last attempt failed
+	busy    time.Time // when the last read that returned entries began; zero if the last returned none
+	behind  bool      // entries may be waiting: the next read takes a page of them rather than block
 	// liveCount is how many entries the next read asks for when the reader is not behind:
 	// about pageBytes of entries as big as the biggest of the last read, up to maxLiveCount.
 	liveCount int
-
-	connID atomic.Int64 // the CLIENT ID of conn, or 0: what Shutdown unblocks
 }
 
 // pageSize is how many entries one read of the log returns at most; an entry holds the
@@ -65,52 +62,9 @@ const maxLiveCount = 8
 // and about 50 ms with 10 ms.
 const readPace = 10 * time.Millisecond
 
-// cmd returns what the reader sends its commands through: its own connection if the client
-// can give it one, so that Shutdown can unblock its reads, and the client otherwise (a
-// cluster client), whose blocked reads end at their block time.
-func (r *reader) cmd(ctx context.Context) (redis.Cmdable, error) {
-	if r.conn != nil {
-		return r.conn, nil
-	}
-	c, ok := r.client.(*redis.Client)
-	if !ok {
-		return r.client, nil
-	}
-	conn := c.Conn()
-	id, err := conn.ClientID(ctx).Result()
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	r.conn = conn
-	r.connID.Store(id)
-	return conn, nil
-}
-
-// closeConn gives up the reader's connection, after an error or when it stops.
-func (r *reader) closeConn() {
-	if r.conn != nil {
-		r.connID.Store(0)
-		r.conn.Close()
-		r.conn = nil
-	}
-}
-
-// unblock ends the reader's blocked read, if it is in one; any goroutine may call it.
-func (r *reader) unblock(ctx context.Context, client redis.UniversalClient) {
-	if id := r.connID.Load(); id != 0 {
-		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-		within(ctx, func() error { return client.ClientUnblock(ctx, id).Err() })
-		cancel()
-	}
-}
-
 // catchUp reads what the log retains.
 func (r *reader) catchUp(ctx context.Context) error {
-	cmd, err := r.cmd(ctx)
-	if err != nil {
-		return err
-	}
+	cmd := r.client
 	if _, err := r.checkEpoch(ctx, cmd); err != nil {
 		return err
 	}
@@ -151,7 +105,6 @@ func (r *reader) catchUp(ctx context.Context) error {
 
 // run reads the log until ctx is done, retrying after errors.
 func (r *reader) run(ctx context.Context) {
-	defer r.closeConn()
 	var backoff time.Duration
 	for ctx.Err() == nil {
 		err := r.step(ctx)
@@ -170,7 +123,6 @@ func (r *reader) run(ctx context.Context) {
 			r.failing = true
 			r.logf(slog.LevelWarn, "cannot read the log; retrying", err)
 		}
-		r.closeConn()
 		r.behind = true // what came meanwhile is read in pages
 		backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
 		t := time.NewTimer(backoff)
@@ -185,11 +137,8 @@ func (r *reader) run(ctx context.Context) {
 // step waits for entries for up to the block time and appends them, and looks at the epoch
 // when it has not for that long: a log begun anew whose stream IDs do not follow the old
 // one's is noticed so.
-func (r *reader) step(ctx context.Context) error {
-	cmd, err := r.cmd(ctx)
-	if err != nil {
-		return err
-	}
+func (r *reader) step(ctx context.Context) (err error) {
+	cmd := r.client
 	if time.Since(r.checked) >= r.block {
 		if _, err := r.checkEpoch(ctx, cmd); err != nil {
 			return err
