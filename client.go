@@ -81,7 +81,11 @@ const (
 // first included: the server may be restarting), Events waits for the reconnection time (the
 // server's retry field, else c.Retry) and sends req again, as EventSource does. After
 // consecutive attempts that bring no event, the wait doubles, up to c.MaxBackoff, with
-// jitter; the first event resets it.
+// jitter; the first event resets it. Each attempt sends a clone of req: a request body is
+// sent again only if req.GetBody can make one (http.NewRequest sets it for the common
+// in-memory bodies), else Events ends with an error instead of reconnecting. A stream that is
+// the one-off answer to a POST, as an LLM API's is, is better read once with
+// [Read](resp.Body).
 //
 // A 429, 502, 503 or 504 response counts as such a failed attempt: it is a server asking
 // for time, or a proxy in front of one that is down or restarting, and the stream is still
@@ -91,11 +95,7 @@ const (
 // clients a server turned away together do not return together; Retry-After counts for at
 // most 5 minutes, or c.MaxBackoff if that is longer. Events reads at most 4 KiB of such a
 // response's body, for at most a second, before it closes it, and passes it to
-// c.OnReconnect as a [*ResponseError]. Each attempt sends a clone of req: a request body is
-// sent again only if req.GetBody can make one (http.NewRequest sets it for the common
-// in-memory bodies), else Events ends with an error instead of reconnecting. A stream that is
-// the one-off answer to a POST, as an LLM API's is, is better read once with
-// [Read](resp.Body).
+// c.OnReconnect as a [*ResponseError].
 //
 // The iteration ends:
 //   - quietly, on a 204 No Content response: the server says not to come back;
