@@ -10,8 +10,9 @@
 // redisbroker module): a message said on one reaches the pages of all, and a page resumes on
 // whichever process it reconnects to.
 //
-//	go run ./examples/chat -addr 127.0.0.1:8081 -redis 127.0.0.1:6379
-//	go run ./examples/chat -addr 127.0.0.1:8082 -redis 127.0.0.1:6379
+//	go build -o /tmp/chat ./examples/chat
+//	/tmp/chat -addr 127.0.0.1:8091 -redis 127.0.0.1:6379 &
+//	/tmp/chat -addr 127.0.0.1:8092 -redis 127.0.0.1:6379 &
 package main
 
 import (
@@ -38,6 +39,10 @@ import (
 //go:embed index.html
 var page []byte
 
+// defaultAddr is where the example listens unless -addr says otherwise. Each example has a
+// port of its own, so that they can run side by side.
+const defaultAddr = "127.0.0.1:8080"
+
 // Limits on a message, which every room keeps the last 256 of in memory.
 const (
 	maxRoomLen = 32
@@ -47,7 +52,7 @@ const (
 )
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	addr := flag.String("addr", defaultAddr, "address to listen on")
 	redisAddr := flag.String("redis", "", "host:port of a Redis server through which chat processes share their rooms (default: this process alone)")
 	flag.Parse()
 	log.SetFlags(0)
