@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"errors"
 	"log"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"sse"
+	"sse/internal/spec"
 	"sse/internal/ssetest"
 )
 
@@ -88,4 +90,39 @@ func (s *syncBuilder) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestChiTimeout mounts a stream behind chi's Timeout middleware, which ends the request's
+// context at its deadline: ServeEvents returns an error wrapping context.DeadlineExceeded, not
+// nil as for a client that left, and the client is told when to come back.
+func TestChiTimeout(t *testing.T) {
+	ssetest.CheckGoroutines(t)
+	b := sse.NewBroker(sse.WithRetry(time.Second))
+	ended := make(chan error, 1)
+	r := chi.NewRouter()
+	r.Use(middleware.Timeout(300 * time.Millisecond))
+	r.Get("/events", func(w http.ResponseWriter, r *http.Request) {
+		ended <- b.ServeEvents(w, r)
+	})
+	ts := httptest.NewServer(r)
+	t.Cleanup(ts.Close)
+	t.Cleanup(func() { b.Shutdown(context.Background()) })
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	ts.URL += "/events"
+	resp, body := open(t, ctx, ts, "")
+	defer resp.Body.Close()
+	d := spec.NewDecoder(body)
+	for {
+		if _, err := d.Next(); err != nil {
+			break // the stream ended
+		}
+	}
+	if err := <-ended; !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("ServeEvents returned %v, want an error wrapping context.DeadlineExceeded", err)
+	}
+	if r := d.Retry(); r < 1000 || r >= 2000 {
+		t.Errorf("the stream's last retry hint is %d ms, want one within [1000, 2000)", r)
+	}
 }
