@@ -85,6 +85,9 @@ func TestChatBrowser(t *testing.T) {
 	talk := []string{intro, "ann: Hello, is anyone here?", "bob: Hi ann! <b>Tags</b> stay text."}
 	checkList(t, ann, talk)
 	checkList(t, bob, talk)
+	// Each page is listed under the name it said something with.
+	waitHere(ann, "ann, bob")
+	waitHere(bob, "ann, bob")
 
 	// A reload would reset this, and show none of the messages said before it.
 	bob.Eval("window.notReloaded = true", nil)
@@ -94,6 +97,7 @@ func TestChatBrowser(t *testing.T) {
 	proxy.Pause()
 	proxy.Cut()
 	waitState(bob, "reconnecting")
+	waitHere(ann, "ann") // the server saw bob's stream end
 	say(ann, "ann", "bob, are you there?")
 	say(ann, "ann", "Never mind, I'll wait.")
 	away := []string{"ann: bob, are you there?", "ann: Never mind, I'll wait."}
@@ -104,6 +108,8 @@ func TestChatBrowser(t *testing.T) {
 
 	proxy.Resume()
 	waitState(bob, "open")
+	// Back in the list, under the name it had.
+	waitHere(ann, "ann, bob")
 	say(bob, "bob", "Back! I saw both.")
 	// Had anything been shown twice, it would come before this last message.
 	back := "bob: Back! I saw both."
@@ -130,6 +136,11 @@ func say(p *browser.Page, name, text string) {
 	p.Fill("#text", text)
 	p.Press("#text", "Enter")
 	p.Wait("the page to show its own message", fmt.Sprintf("%s.at(-1) === %q", listJS, name+": "+text), nil)
+}
+
+// waitHere waits until page p lists names as the room's.
+func waitHere(p *browser.Page, names string) {
+	p.Wait("the room to list "+names, fmt.Sprintf(`document.getElementById("here").textContent === %q`, names), nil)
 }
 
 // waitState waits until page p says its stream is state.
