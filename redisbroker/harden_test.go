@@ -3,9 +3,11 @@ package redisbroker_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -423,4 +425,151 @@ func goroutinesIn(code string) []string {
 		}
 	}
 	return gs
+}
+
+// After a break in the log (FLUSHALL: Redis lost it), every node ends every stream with a
+// retry hint spread over [retry, 2×retry], so that the 300 clients of two nodes come back over
+// most of that span rather than all at once; and each node logs the break once, at Warn, with
+// how many streams it ended, and nothing else at Warn or above.
+func TestLogBreakSpreadsReturns(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	const (
+		retry   = 2 * time.Second
+		perNode = 150
+	)
+	logs := []*records{{}, {}}
+	var nodes []*node
+	for _, l := range logs {
+		logger := slog.New(l)
+		nodes = append(nodes, startNode(t, rs.Addr(), "herd", redisbroker.WithLogger(logger),
+			redisbroker.WithBrokerOptions(sse.WithRetry(retry), sse.WithLogger(logger))))
+	}
+	nodes[0].publish("0")
+	waitAppended(t, 1, nodes...)
+
+	type end struct {
+		at   time.Time     // when the stream ended
+		hint time.Duration // the last retry hint it carried
+	}
+	ends := make(chan end, len(nodes)*perNode)
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		for range perNode {
+			s := n.open("", false)
+			wg.Go(func() {
+				var hint time.Duration
+				for {
+					line, err := s.r.ReadString('\n')
+					if err != nil {
+						ends <- end{time.Now(), hint}
+						return
+					}
+					if v, ok := strings.CutPrefix(strings.TrimRight(line, "\r\n"), "retry:"); ok {
+						ms, _ := strconv.Atoi(strings.TrimSpace(v))
+						hint = time.Duration(ms) * time.Millisecond
+					}
+				}
+			})
+		}
+		waitFor(t, "the clients to join", func() bool { return n.b.Stats().Clients == perNode })
+	}
+
+	rs.Do("FLUSHALL")
+	nodes[1].publish("1") // begins a new log, which every node notices
+	wg.Wait()
+	close(ends)
+	for _, n := range nodes {
+		for range perNode {
+			if err := <-n.ends; !errors.Is(err, sse.ErrEventsLost) {
+				t.Errorf("a stream ended with %v, want ErrEventsLost", err)
+			}
+		}
+	}
+
+	// When each client comes back: the end of its stream and its hint later.
+	var back []time.Time
+	var first time.Time
+	for e := range ends {
+		if e.hint < retry || e.hint > 2*retry {
+			t.Errorf("a stream ended with a retry hint of %v, want one in [%v, %v]", e.hint, retry, 2*retry)
+		}
+		back = append(back, e.at.Add(e.hint))
+		if first.IsZero() || e.at.Before(first) {
+			first = e.at
+		}
+	}
+	// Of 20 equal parts of [first+retry, first+2×retry], at least 16 see a client come back.
+	const parts = 20
+	var seen [parts]bool
+	for _, at := range back {
+		if i := int(at.Sub(first.Add(retry)) * parts / retry); i >= 0 && i < parts {
+			seen[i] = true
+		}
+	}
+	covered := 0
+	for _, s := range seen {
+		if s {
+			covered++
+		}
+	}
+	slices.SortFunc(back, func(a, b time.Time) int { return a.Compare(b) })
+	t.Logf("%d clients come back over %v, covering %d%% of [retry, 2×retry]", len(back), back[len(back)-1].Sub(back[0]), covered*100/parts)
+	if covered < parts*8/10 {
+		t.Errorf("the clients come back over %d%% of [retry, 2×retry], want 80%% at least", covered*100/parts)
+	}
+
+	for i, l := range logs {
+		var breaks, others []slog.Record
+		for _, r := range l.all() {
+			switch {
+			case r.Level < slog.LevelWarn:
+			case strings.Contains(r.Message, "the log broke"):
+				breaks = append(breaks, r)
+			default:
+				others = append(others, r)
+			}
+		}
+		if len(others) > 0 {
+			t.Errorf("node %d logged %d records at Warn or above but the break, such as %s %q; want none", i, len(others), others[0].Level, others[0].Message)
+		}
+		if len(breaks) != 1 {
+			t.Errorf("node %d logged the break %d times, want once", i, len(breaks))
+			continue
+		}
+		var streams int64 = -1
+		breaks[0].Attrs(func(a slog.Attr) bool {
+			if a.Key == "streams" {
+				streams = a.Value.Int64()
+			}
+			return true
+		})
+		if streams != perNode {
+			t.Errorf("node %d logged that the break ended %d streams, want %d", i, streams, perNode)
+		}
+	}
+}
+
+// records is a slog.Handler that keeps every record.
+type records struct {
+	mu   sync.Mutex
+	recs []slog.Record // guarded by mu
+}
+
+func (h *records) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *records) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+
+func (h *records) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *records) WithGroup(string) slog.Handler      { return h }
+
+func (h *records) all() []slog.Record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.recs)
 }
