@@ -236,3 +236,42 @@ func BenchmarkLogEnd(b *testing.B) {
 		})
 	}
 }
+
+type userKey struct{}
+
+// WithStreamEnd is called once for every stream, served or refused, with the request's context
+// and the reason ServeEvents returns: enough to keep a list of who is connected.
+func TestStreamEndHook(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		type end struct {
+			user string
+			err  error
+		}
+		ended := make(chan end, 10)
+		b := NewBroker(WithMaxClients(1), WithStreamEnd(func(ctx context.Context, err error) {
+			ended <- end{ctx.Value(userKey{}).(string), err}
+		}))
+		returned := make(chan error, 10)
+		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx := context.WithValue(r.Context(), userKey{}, r.URL.Query().Get("user"))
+			returned <- b.ServeEvents(w, r.WithContext(ctx))
+		}))
+		ann := s.openN(t, "/?user=ann", 1)
+		s.open(t, "/?user=bob", "").expectEnd() // over the limit
+		if e := <-ended; e.user != "bob" || !errors.Is(e.err, ErrTooManyClients) {
+			t.Errorf("first end: %q, %v; want bob, ErrTooManyClients", e.user, e.err)
+		}
+		ann.close()
+		if e := <-ended; e.user != "ann" || e.err != nil {
+			t.Errorf("second end: %q, %v; want ann, nil", e.user, e.err)
+		}
+		for range 2 {
+			<-returned
+		}
+		select {
+		case e := <-ended:
+			t.Errorf("a third end: %+v", e)
+		default:
+		}
+	})
+}

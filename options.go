@@ -55,9 +55,11 @@ func WithHistoryMemory(n int64) Option {
 }
 
 // WithHeartbeat sets the heartbeat interval, 15s by default (when d is zero); a negative d
-// turns heartbeats off. A client that has been sent nothing for a whole interval gets a comment
-// line at the end of the next one, so an idle stream carries one every one to two intervals.
-// Heartbeats keep proxies from closing idle streams and find clients that left without a word.
+// turns heartbeats off. A stream that has been sent nothing for an interval gets a comment
+// line, so that no stream goes longer than one interval without a byte, plus the moment it
+// takes to write it, and never 1.25 intervals: a proxy whose read timeout is 1.25 intervals
+// or more never cuts an idle stream. Heartbeats keep proxies from closing idle streams and
+// find clients that left without a word.
 func WithHeartbeat(d time.Duration) Option {
 	return func(o *options) {
 		if d != 0 {
@@ -91,11 +93,14 @@ func WithWriteTimeout(d time.Duration) Option {
 
 // WithLogger has the broker log the end of every stream to l: why it ended, its topics, how
 // long it lasted and how many events it was sent, with the request's context. A client that
-// left, or a stream that Shutdown ended, is logged at level Debug; a client disconnected for
-// being too slow, turned away over the client limit, or disconnected because the log the
-// broker follows broke (ErrEventsLost), at Warn. By default, and when l is nil, nothing is
-// logged; nothing is built for a level l does not log. ServeEvents returns the same reason,
-// for handlers that log with their own request's details.
+// left, a stream that Shutdown ended, or one ended by a break in the log the broker follows
+// (ErrEventsLost), is logged at level Debug; a client disconnected for being too slow, turned
+// away over the client limit, or whose request's context ended for another cause than its
+// leaving (a middleware's deadline), at Warn; a ResponseWriter that cannot flush, at Error.
+// A break in the log is logged once, at Warn, with how many streams it ended, and a
+// ResponseWriter that cannot set write deadlines once, at Warn. By default, and when l is
+// nil, nothing is logged; nothing is built for a level l does not log. ServeEvents returns
+// the same reason, for handlers that log with their own request's details.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }

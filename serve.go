@@ -28,22 +28,28 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // the client of r, until the client goes away, falls too far behind, or the broker shuts down,
 // and returns why: nil if the client went away, ErrSlowClient if it was disconnected for being
 // too slow, ErrClosed if the broker shut down, ErrTooManyClients if it turned the client away,
-// ErrEventsLost if the log the broker follows broke (see Append).
-// Call it from a handler that chooses the topics per request; refuse a request before calling
-// it with an ordinary error response.
+// ErrEventsLost if the log the broker follows broke (see Append), and an error wrapping the
+// cause if r's context ended for another cause than the client leaving (a timeout
+// middleware's deadline, say). Every stream the broker ends while it can still write to it
+// carries a retry hint spread over the retry delay. WithStreamEnd and WithLogger are told the
+// same reason. Call it from a handler that chooses the topics per request; refuse a request
+// before calling it with an ordinary error response.
 //
 // The client is subscribed before the response headers are flushed: once it sees the stream
 // open, it receives every event published afterwards. A client that sends a Last-Event-ID
 // header (or, for clients that cannot set headers, a lastEventId query parameter) first
 // receives the events it missed; see the package documentation on replay. A request that is
-// not a GET gets 405, and an error.
+// not a GET gets 405, and an error. A ResponseWriter that cannot flush (middleware that wraps
+// it without Unwrap, or http.TimeoutHandler) gets 500 with a body that says so, and an error
+// that is http.ErrNotSupported: its events would never reach the client.
 //
 // To send a client events of its own ahead of the broker's (a greeting, say), start the
 // response with NewStream, Send them, then call ServeEvents; refuse requests other than GET
 // before that, since the response has then begun. Such a client sees its stream open before it
-// is subscribed: what is published before ServeEvents is called does not reach it. Once the broker is shut down
-// or over its client limit, ServeEvents answers 200 with only a retry hint and ends the
-// response, so that an EventSource comes back later: any other status would stop it for good.
+// is subscribed: what is published before ServeEvents is called does not reach it. Once the
+// broker is shut down or over its client limit, ServeEvents answers 200 with only a retry hint
+// and ends the response, so that an EventSource comes back later: any other status would stop
+// it for good.
 func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
