@@ -864,7 +864,7 @@ func TestServerWriteTimeout(t *testing.T) {
 
 func TestHeartbeat(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := newBroker(m, WithHeartbeat(10 * time.Millisecond))
+		b := newBroker(m, WithHeartbeat(10*time.Millisecond))
 		s := newServer(t, m, b, b.Handler())
 		ts := s.openN(t, "/", 1)
 		comments := 0
