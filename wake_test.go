@@ -660,3 +660,47 @@ func TestTickWakeNotLost(t *testing.T) {
 			func() bool { return seen.Load() == want })
 	}
 }
+
+// flushCounter is a ResponseWriter that counts its flushes: the broker's driver flushes once
+// for the preamble and once for each event or heartbeat it writes. After counting one, Flush
+// spins for a random while, to vary where the driver is when the count is seen.
+type flushCounter struct {
+	h       http.Header
+	flushes atomic.Int64
+	spin    atomic.Int64
+}
+
+func (w *flushCounter) Header() http.Header         { return w.h }
+func (w *flushCounter) WriteHeader(int)             {}
+func (w *flushCounter) Write(p []byte) (int, error) { return len(p), nil }
+
+func (w *flushCounter) Flush() {
+	w.flushes.Add(1)
+	for range rand.IntN(64) {
+		w.spin.Add(1)
+	}
+}
+
+// TestStreamWakeNotLost checks the handler driver's waiting, as TestTickWakeNotLost checks
+// the client's state: an event published while the driver is between looking for events and
+// waiting reaches the client, with heartbeats off, so nothing else would wake it. Each event
+// is published as soon as the last one was flushed, and the flush returns after a random
+// spin, so that the publishes fall all over the driver's way from its write back to waiting.
+func TestStreamWakeNotLost(t *testing.T) {
+	b := NewBroker(WithHeartbeat(-1))
+	defer b.Shutdown(context.Background())
+	w := &flushCounter{h: http.Header{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.ServeEvents(w, httptest.NewRequestWithContext(ctx, "GET", "/", nil)) }()
+	defer func() { cancel(); <-done }()
+	stop := time.Now().Add(time.Second)
+	for i := int64(1); time.Now().Before(stop); i++ {
+		for bound := time.Now().Add(5 * time.Second); w.flushes.Load() < i; {
+			if time.Now().After(bound) {
+				t.Fatalf("event %d was not written within 5s: a wake-up was lost", i-1)
+			}
+		}
+		publish(t, b, "x")
+	}
+}
