@@ -391,13 +391,15 @@ func (b *Broker) restart(epoch string, seq uint64) (ended int) {
 	b.prefix = epoch + "-"
 	b.base = b.seq + 1 - seq // the event seq is the next: b.seq+1
 	b.floor = b.seq          // resuming from seq-1 misses nothing
+	// Counted before the history is dropped: a client that finds the events it had yet to
+	// read gone sees the break, and does not take itself for a slow client.
+	b.breaks.Add(1)
 	for _, t := range b.topics {
 		for t.len() > 0 {
 			b.hist.drop(t)
 		}
 	}
 	b.forgetEmptied()
-	b.breaks.Add(1)
 	for _, g := range b.groups {
 		g.wakeUp()
 	}

@@ -265,12 +265,20 @@ func TestStreamEndHook(t *testing.T) {
 		if e := <-ended; e.user != "ann" || e.err != nil {
 			t.Errorf("second end: %q, %v; want ann, nil", e.user, e.err)
 		}
-		for range 2 {
+		resp, err := s.Client().Post(s.URL+"/?user=eve", "text/plain", nil) // refused: 405
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if e := <-ended; e.user != "eve" || e.err == nil || resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("third end: %q, %v, status %d; want eve, an error, 405", e.user, e.err, resp.StatusCode)
+		}
+		for range 3 {
 			<-returned
 		}
 		select {
 		case e := <-ended:
-			t.Errorf("a third end: %+v", e)
+			t.Errorf("a fourth end: %+v", e)
 		default:
 		}
 	})

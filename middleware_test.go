@@ -121,10 +121,13 @@ func TestContextDeadline(t *testing.T) {
 		log := &records{}
 		b := newBroker(m, WithLogger(slog.New(log)), WithRetry(time.Second))
 		ends := make(chan error, 1)
+		sent := make(chan string, 1)
 		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := context.WithTimeout(r.Context(), 300*time.Millisecond) // as chi's middleware.Timeout
 			defer cancel()
-			ends <- b.ServeEvents(w, r.WithContext(ctx))
+			tw := &tapWriter{ResponseWriter: w}
+			ends <- b.ServeEvents(tw, r.WithContext(ctx))
+			sent <- tw.buf.String()
 		}))
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "before")
@@ -144,6 +147,10 @@ func TestContextDeadline(t *testing.T) {
 		if r := ts.dec.Retry(); r < 1000 || r >= 2000 {
 			t.Errorf("retry hint = %d ms, want within [1000, 2000)", r)
 		}
+		// The preamble's hint is within the range too: the hint must come after the event.
+		if _, after, _ := strings.Cut(<-sent, "data: before\n"); !strings.Contains(after, "\n\nretry: ") {
+			t.Errorf("after the last event came %q, want a retry hint", after)
+		}
 		if err := <-ends; !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("ServeEvents returned %v, want an error wrapping context.DeadlineExceeded", err)
 		}
@@ -153,3 +160,17 @@ func TestContextDeadline(t *testing.T) {
 		}
 	})
 }
+
+// tapWriter keeps a copy of what is written through it, and unwraps to the ResponseWriter it
+// wraps, as good middleware does. Its buffer may be read once the handler has returned.
+type tapWriter struct {
+	http.ResponseWriter
+	buf strings.Builder
+}
+
+func (w *tapWriter) Write(p []byte) (int, error) {
+	w.buf.Write(p)
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *tapWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -69,9 +69,11 @@ func WithHeartbeat(d time.Duration) Option {
 }
 
 // WithRetry sets the reconnection delay sent to each client when its stream starts, 3s by
-// default (when d is not positive). When the broker shuts down or turns a client away, the
-// hint it sends instead is spread between d and 2d, so that clients do not all come back in
-// the same millisecond.
+// default (when d is not positive). When the broker ends a stream while the client can still
+// read it (it shuts down, turns a client away, cuts one that fell behind, the log it follows
+// broke, or the request's context ended for another cause than the client leaving), the hint
+// it sends last is spread between d and 2d, so that clients do not all come back in the same
+// millisecond.
 func WithRetry(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {

@@ -51,12 +51,12 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // and ends the response, so that an EventSource comes back later: any other status would stop
 // it for good.
 func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error {
+	end := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: topics, began: time.Now()}
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
-		return errMethod
+		return b.ended(end, 0, errMethod)
 	}
-	end := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: topics, began: time.Now()}
 	if err := checkFlush(w); err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return b.ended(end, 0, err)
@@ -76,7 +76,12 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 	c, start, missed, err := b.joinWaiting(r.Context(), topics, lastEventID(r))
 	if err != nil {
 		if ctxErr := r.Context().Err(); ctxErr != nil && errors.Is(err, ctxErr) {
-			return b.ended(end, 0, contextEnded(r.Context())) // it ended while the client waited
+			// It ended while the client waited for Append.
+			err = contextEnded(r.Context())
+			if err != nil {
+				s.write(appendRetry(nil, b.retryLater())) // the client is still there
+			}
+			return b.ended(end, 0, err)
 		}
 		b.stats.refused.Add(1)
 		s.write(appendRetry(nil, b.retryLater()))
@@ -179,6 +184,8 @@ func (b *Broker) logEnd(e *ending, sent int, err error) {
 		level, reason = slog.LevelWarn, "refused: too many clients"
 	case errors.Is(err, ErrClosed):
 		reason = "shutdown"
+	case err == errMethod:
+		reason = "method not allowed"
 	case err != nil:
 		level, reason = slog.LevelWarn, err.Error() // the request's context ended
 	}
