@@ -18,10 +18,17 @@ type node struct {
 }
 
 func newNode(t *testing.T, m mode, opts ...Option) *node {
-	b := NewBroker(opts...)
+	b := newBroker(m, opts...)
 	ends := make(chan error, 100)
+	if m == http1h {
+		// ServeEvents returns once the pollers have the stream: its end comes here.
+		b.opts.onEnd = func(_ context.Context, err error) { ends <- err }
+	}
 	s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ends <- b.ServeEvents(w, r, "a", "b")
+		err := b.ServeEvents(w, r, "a", "b")
+		if m != http1h {
+			ends <- err
+		}
 	}))
 	return &node{s, ends}
 }

@@ -506,12 +506,7 @@ func TestEventsContext(t *testing.T) {
 					cancel()
 				case "waiting":
 					// End the stream from the server's side: the Client waits to reconnect.
-					if m == http1h {
-						// The server no longer holds the connection: the broker does.
-						b.Shutdown(t.Context())
-					} else {
-						s.CloseClientConnections()
-					}
+					s.cut()
 				}
 			}
 			if len(errs) == 0 || errs[len(errs)-1] != context.Canceled {
@@ -740,7 +735,7 @@ func TestEventsTransientStatus(t *testing.T) {
 	for _, status := range []int{http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
 			run(t, func(t *testing.T, m mode) {
-				b := NewBroker(WithRetry(time.Millisecond))
+				b := newBroker(m, WithRetry(time.Millisecond))
 				var down atomic.Int32 // how many more requests get the status
 				s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					if down.Add(-1) >= 0 {
@@ -767,7 +762,7 @@ func TestEventsTransientStatus(t *testing.T) {
 					got = append(got, ev.Data)
 					if len(got) == 1 {
 						down.Store(2)
-						s.CloseClientConnections()
+						s.cut()
 						// The Client runs in this goroutine: these are published while it is away.
 						publishAll(t, b, "2", "3")
 					}

@@ -75,6 +75,13 @@ func newServer(t *testing.T, m mode, b *Broker, h http.Handler, configure ...fun
 	return &server{ts, b}
 }
 
+// cut closes every client's connection from the server's side, as a server that goes away
+// does, whether net/http or the broker holds it.
+func (s *server) cut() {
+	s.CloseClientConnections()
+	cutTaken(s.Listener.Addr())
+}
+
 // testStream is one client's open event stream.
 type testStream struct {
 	t      *testing.T

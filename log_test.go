@@ -248,7 +248,7 @@ func TestStreamEndHook(t *testing.T) {
 			err  error
 		}
 		ended := make(chan end, 10)
-		b := NewBroker(WithMaxClients(1), WithStreamEnd(func(ctx context.Context, err error) {
+		b := newBroker(m, WithMaxClients(1), WithStreamEnd(func(ctx context.Context, err error) {
 			ended <- end{ctx.Value(userKey{}).(string), err}
 		}))
 		returned := make(chan error, 10)
