@@ -577,7 +577,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	b.kickPollers()
 	select {
 	case <-drained:
-		return nil
+		return b.pollersEnded(ctx) // they close the connections they held
 	case <-ctx.Done():
 		return ctx.Err()
 	}

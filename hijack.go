@@ -2,6 +2,7 @@ package sse
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"net/http"
 	"strconv"
@@ -20,8 +21,26 @@ const startedKey = "\x00sse-started"
 
 // pollers are the goroutines that serve the streams taken over, each with its own set of them.
 type pollers struct {
-	all  []*poller
-	next atomic.Uint32 // round robin: the poller the next stream goes to
+	all     []*poller
+	next    atomic.Uint32 // round robin: the poller the next stream goes to
+	running atomic.Int32  // pollers whose goroutine has not ended
+	ended   chan struct{} // closed once every poller's goroutine has
+}
+
+// pollersEnded waits until the broker's pollers, if it has any, have ended, and with them every
+// connection they held, or until ctx is done. Call it once no client is left of a broker shut
+// down.
+func (b *Broker) pollersEnded(ctx context.Context) error {
+	ps := b.polls.Load()
+	if ps == nil {
+		return nil
+	}
+	select {
+	case <-ps.ended:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // A pgroup is the streams of one group that one poller holds: a wake-up of the group is told

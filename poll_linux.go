@@ -46,19 +46,26 @@ const maxIovecs = 1024
 // need.
 func newPollers(b *Broker) *pollers {
 	n := max(runtime.GOMAXPROCS(0), 1)
-	ps := &pollers{}
+	ps := &pollers{ended: make(chan struct{})}
 	for range n {
 		p, err := newPoller(b)
 		if err != nil {
 			for _, p := range ps.all {
-				p.stop()
+				syscall.Close(p.epfd)
+				syscall.Close(p.wfd)
 			}
 			return nil
 		}
 		ps.all = append(ps.all, p)
 	}
+	ps.running.Store(int32(len(ps.all)))
 	for _, p := range ps.all {
-		go p.loop()
+		go func() {
+			p.loop()
+			if ps.running.Add(-1) == 0 {
+				close(ps.ended)
+			}
+		}()
 	}
 	return ps
 }
