@@ -50,6 +50,13 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // broker is shut down or over its client limit, ServeEvents answers 200 with only a retry hint
 // and ends the response, so that an EventSource comes back later: any other status would stop
 // it for good.
+//
+// With WithHijack, a stream that the broker takes over from net/http (see WithHijack) is
+// subscribed and handed to the broker's pollers, and ServeEvents returns nil at once, while the
+// stream goes on: it writes nothing more to w, and the handler must not either. Why the stream
+// ends later reaches the logger (WithLogger) and the function WithStreamEnd sets, as for every
+// stream; what ServeEvents returns for a stream it refuses, or for one it serves in the
+// handler, is as above.
 func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error {
 	end := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: topics, began: time.Now()}
 	if r.Method != http.MethodGet {
