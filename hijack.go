@@ -1,10 +1,13 @@
 package sse
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -120,66 +123,73 @@ func monotime() int64 { return int64(time.Since(epoch)) }
 
 // hijack takes the stream of client c over from net/http and hands it to a poller, if it can,
 // and reports whether it did: if not, nothing was written, and the handler serves the stream.
-// Once it did, the stream's end is reported (b.ended) and c leaves, whatever happens.
-func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start string, missed bool, end *ending) bool {
+// Once it did, the stream's end is reported (b.ended) and c leaves, whatever happens. A
+// connection whose socket cannot be reached (a listener's wrapper hides it) is served here,
+// and err is why its stream ended, as ServeEvents returns.
+func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start string, missed bool, end *ending) (handled bool, err error) {
 	if r.ProtoMajor != 1 || r.TLS != nil {
-		return false
+		return false, nil
 	}
 	if _, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); !ok {
-		return false
+		return false, nil
 	}
 	h := w.Header()
 	if h.Get("Content-Encoding") != "" {
 		// A middleware that compresses the body would be bypassed.
-		return false
+		return false, nil
 	}
 	_, started := h[startedKey]
 	ps := b.startPollers()
 	if ps == nil {
-		return false
+		return false, nil
 	}
 	conn, rw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return false
+		return false, nil
 	}
-	fd := -1
-	if rw.Reader.Buffered() == 0 && rw.Writer.Flush() == nil {
+	if rw.Reader.Buffered() > 0 || rw.Writer.Flush() != nil {
 		// A client of an event stream sends nothing after its request: anything buffered
 		// (a pipelined request) means the connection cannot be served as a stream.
-		fd = takeFD(conn)
-	}
-	conn.Close() // the descriptor is ours now, if we could take it
-	if fd < 0 {
+		conn.Close()
 		b.ended(end, 0, nil)
 		b.leave(c)
-		return true
+		return true, nil
 	}
 
-	st := &pstream{c: c, fd: fd, end: end}
-	pre := preamble(b.opts.retry, start, missed)
+	var head []byte
+	chunked := false
 	switch {
 	case !started:
 		// A body that the connection's end ends needs no framing: each write is the
 		// history's frames and nothing else. Every client reads it (RFC 9112 §6.3).
-		var head bytes.Buffer
-		head.WriteString("HTTP/1.1 200 OK\r\n")
+		var buf bytes.Buffer
+		buf.WriteString("HTTP/1.1 200 OK\r\n")
 		if _, ok := h["Date"]; !ok {
-			head.WriteString("Date: " + time.Now().UTC().Format(http.TimeFormat) + "\r\n")
+			buf.WriteString("Date: " + time.Now().UTC().Format(http.TimeFormat) + "\r\n")
 		}
 		h.Del("Connection")
 		h.Del("Transfer-Encoding")
-		h.Write(&head)
-		head.WriteString("Connection: close\r\n\r\n")
-		head.Write(pre)
-		st.head = head.Bytes()
+		h.Write(&buf)
+		buf.WriteString("Connection: close\r\n\r\n")
+		head = buf.Bytes()
 	case r.ProtoAtLeast(1, 1):
-		// net/http began a chunked body; it goes on.
-		st.chunked = true
-		st.head = append(strconv.AppendInt(nil, int64(len(pre)), 16), "\r\n"...)
-		st.head = append(append(st.head, pre...), "\r\n"...)
-	default:
-		st.head = pre // HTTP/1.0: the connection's end ends the body
+		chunked = true // net/http began a chunked body; it goes on
 	}
+	// (Over HTTP/1.0, the body net/http began ends with the connection.)
+
+	fd := takeFD(conn)
+	if fd < 0 {
+		return true, b.serveConn(conn, rw.Writer, r, c, start, missed, end, head, chunked)
+	}
+	conn.Close() // the descriptor is ours now: closing conn leaves the socket open
+
+	st := &pstream{c: c, fd: fd, end: end, chunked: chunked}
+	pre := preamble(b.opts.retry, start, missed)
+	if chunked {
+		head = append(strconv.AppendInt(head, int64(len(pre)), 16), "\r\n"...)
+		pre = append(pre, "\r\n"...)
+	}
+	st.head = append(head, pre...)
 
 	b.mu.Lock()
 	p := ps.all[ps.next.Add(1)%uint32(len(ps.all))]
@@ -198,8 +208,62 @@ func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start
 	b.mu.Unlock()
 	b.stats.hijacked.Add(1)
 	p.add(st)
-	return true
+	return true, nil
 }
+
+// serveConn serves the stream of client c on conn, which net/http let go of, in the handler's
+// goroutine, as the handler driver does: for a connection whose socket the pollers cannot
+// reach. head is what the response begins with, if net/http has not begun it. It returns why
+// the stream ended.
+func (b *Broker) serveConn(conn net.Conn, bw *bufio.Writer, r *http.Request, c *client, start string, missed bool, end *ending, head []byte, chunked bool) error {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	// As net/http does for a handler: a client that closes its connection (or sends anything)
+	// ends the stream.
+	reading := make(chan struct{})
+	go func() {
+		defer close(reading)
+		var buf [1]byte
+		conn.Read(buf[:])
+		cancel()
+	}()
+	bw.Write(head)
+	cw := &connWriter{conn: conn, bw: bw, chunked: chunked}
+	s := &flushWriter{w: cw, rc: http.NewResponseController(cw), timeout: b.opts.writeTimeout}
+	err := b.stream(ctx, s, c, start, missed)
+	if chunked && err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		// The broker ended the stream, and the client reads: the body ends properly.
+		cw.chunked = false
+		s.write(lastChunk[2:])
+	}
+	err = b.ended(end, c.sent, err)
+	b.leave(c)
+	conn.Close()
+	<-reading
+	return err
+}
+
+// A connWriter is a ResponseWriter of a connection net/http let go of, for the handler driver.
+type connWriter struct {
+	conn    net.Conn
+	bw      *bufio.Writer
+	chunked bool
+}
+
+func (w *connWriter) Header() http.Header { return http.Header{} }
+func (w *connWriter) WriteHeader(int)     {}
+
+func (w *connWriter) Write(p []byte) (int, error) {
+	if w.chunked {
+		var size [20]byte
+		w.bw.Write(append(strconv.AppendInt(size[:0], int64(len(p)), 16), "\r\n"...))
+		defer w.bw.Write(crlf)
+	}
+	return w.bw.Write(p)
+}
+
+func (w *connWriter) FlushError() error                  { return w.bw.Flush() }
+func (w *connWriter) SetWriteDeadline(t time.Time) error { return w.conn.SetWriteDeadline(t) }
 
 // unpoll records that st is no longer served by its poller.
 func (b *Broker) unpoll(st *pstream) {

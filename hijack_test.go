@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -357,4 +358,75 @@ func TestHijackNoLeaks(t *testing.T) {
 	}
 	// The pollers close their epoll sets as they end, just after Shutdown returns.
 	waitFor(t, "descriptors back to where they were", func() bool { return openFDs(t) <= fds })
+}
+
+// hidingListener hands net/http connections that hide their socket, as a listener's wrapper
+// (netutil.LimitListener's, say) does.
+type hidingListener struct{ net.Listener }
+
+type hidingConn struct{ net.Conn }
+
+func (l hidingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return hidingConn{c}, nil
+}
+
+// A connection whose socket the pollers cannot reach is served in its handler, on the
+// connection net/http let go of: events, a greeting's chunked body, a client that leaves, and
+// Shutdown all work as in the handler driver, and ServeEvents returns why the stream ended.
+func TestHijackHiddenSocket(t *testing.T) {
+	checkGoroutines(t)
+	onEnd, ends := endRecorder(4)
+	b := NewBroker(WithHijack(), WithHeartbeat(-1), onEnd)
+	returned := make(chan error, 4)
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/greet" {
+			st, err := NewStream(w, r)
+			if err != nil {
+				return
+			}
+			st.Send(Event{Data: "hello"})
+		}
+		returned <- b.ServeEvents(w, r)
+	}))
+	ts.Listener = hidingListener{ts.Listener}
+	ts.Start()
+	s := &server{ts, b}
+	t.Cleanup(ts.Close)
+
+	gone := s.openN(t, "/", 1)
+	greeted := s.openN(t, "/greet", 2)
+	if !gone.resp.Close || len(greeted.resp.TransferEncoding) != 1 {
+		t.Errorf("Close %v, TransferEncoding %v: want the broker's head, then the chunked body", gone.resp.Close, greeted.resp.TransferEncoding)
+	}
+	greeted.expect("hello")
+	publish(t, b, "1")
+	gone.expect("1")
+	greeted.expect("1")
+	if st := b.Stats(); st.Hijacked != 0 {
+		t.Errorf("Hijacked = %d, want 0: the pollers cannot reach these sockets", st.Hijacked)
+	}
+	gone.close()
+	waitFor(t, "the client that left", func() bool { return b.Stats().Clients == 1 })
+	if err := <-returned; err != nil {
+		t.Errorf("ServeEvents returned %v for a client that left, want nil", err)
+	}
+	if err := <-ends; err != nil {
+		t.Errorf("the stream ended with %v, want nil", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	greeted.expectEnd() // the retry hint, then the body's last chunk
+	if greeted.dec.Retry() == 0 {
+		t.Error("no retry hint")
+	}
+	if err := <-returned; !errors.Is(err, ErrClosed) {
+		t.Errorf("ServeEvents returned %v at Shutdown, want ErrClosed", err)
+	}
 }

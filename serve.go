@@ -94,8 +94,10 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 		s.write(appendRetry(nil, b.retryLater()))
 		return b.ended(end, 0, err)
 	}
-	if b.opts.hijack && b.hijack(w, r, c, start, missed, end) {
-		return nil // the broker's pollers serve the stream now
+	if b.opts.hijack {
+		if handled, err := b.hijack(w, r, c, start, missed, end); handled {
+			return err // nil once the broker's pollers serve the stream
+		}
 	}
 	defer b.leave(c)
 	err = b.stream(r.Context(), s, c, start, missed)
