@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -429,4 +430,23 @@ func TestHijackHiddenSocket(t *testing.T) {
 	if err := <-returned; !errors.Is(err, ErrClosed) {
 		t.Errorf("ServeEvents returned %v at Shutdown, want ErrClosed", err)
 	}
+}
+
+// A stream taken over holds no goroutine: the pollers, started with the first, serve them all.
+func TestHijackNoGoroutinePerStream(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack())
+	s := newServer(t, http1, b, b.Handler())
+	dialStream(t, s.Listener.Addr().String(), "/", true)
+	waitFor(t, "the first stream", func() bool { return b.Stats().Hijacked == 1 })
+	before := runtime.NumGoroutine()
+	const n = 200
+	for range n {
+		dialStream(t, s.Listener.Addr().String(), "/", false) // raw connections: no goroutine of the client's
+	}
+	waitFor(t, "every stream", func() bool { return b.Stats().Hijacked == n+1 })
+	publish(t, b, "x")
+	// net/http's goroutines of the last connections may still be ending; a couple more that
+	// come and go (a heartbeat tick's) are allowed for.
+	waitFor(t, "net/http's goroutines to end", func() bool { return runtime.NumGoroutine()-before <= 2 })
 }
