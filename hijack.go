@@ -110,6 +110,9 @@ func (st *pstream) clear() {
 	st.head, st.out, st.tail, st.done = nil, nil, nil, 0
 }
 
+// unreported is the ending of a stream whose end nothing is told of: no logger, no WithStreamEnd.
+var unreported ending
+
 var (
 	crlf      = []byte("\r\n")
 	lastChunk = []byte("\r\n0\r\n\r\n") // ends the last chunk and the body
@@ -183,6 +186,11 @@ func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start
 	}
 	conn.Close() // the descriptor is ours now: closing conn leaves the socket open
 
+	if b.opts.logger == nil && b.opts.onEnd == nil {
+		// Nothing will be told of the stream's end: keep none of the request (its context
+		// holds on to a few hundred bytes), which would stay as long as the stream.
+		end = &unreported
+	}
 	st := &pstream{c: c, fd: fd, end: end, chunked: chunked}
 	pre := preamble(b.opts.retry, start, missed)
 	if chunked {

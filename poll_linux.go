@@ -290,6 +290,10 @@ func (p *poller) run(st *pstream) {
 		if st.fromNext {
 			st.fromNext = false
 			st.c.wrote(b)
+			if cap(st.c.frames) > 8 {
+				// A burst's batch buffer would stay as long as the stream, idle or not.
+				st.c.frames = nil
+			}
 		}
 		if st.finishes {
 			p.finish(st, st.fin)
