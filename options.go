@@ -137,7 +137,8 @@ func WithStreamEnd(f func(ctx context.Context, err error)) Option {
 // the body ending when the connection does) or, after a greeting sent with NewStream, goes on
 // with the chunked body net/http began; it hands the connection to its pollers, and ServeEvents
 // returns at once (see ServeEvents). Every other stream (HTTP/2, TLS, a writer that cannot
-// hijack, other systems) is served in its handler, as without this option.
+// hijack, other systems) is served in its handler, as without this option; so is one whose
+// connection a listener's wrapper hides the socket of, on the connection net/http let go of.
 //
 // What changes for a stream taken over: middleware sees the handler return as soon as the
 // stream is handed over, not when it ends, so act on a stream's end with WithStreamEnd; the
