@@ -159,12 +159,15 @@ func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start
 		return true, nil
 	}
 
+	// The body is chunked, as net/http's is over HTTP/1.1 (after a greeting, it is net/http's,
+	// which goes on): a body that only the connection's end ends would be simpler, but nginx
+	// with proxy_buffering on passes nothing of it on, not even the head, until its buffers
+	// fill, where it passes on each chunk. The framing costs a size line and a CRLF around each
+	// write's frames, sent with them, never a copy of them. An HTTP/1.0 client, which knows no
+	// chunks, gets a body that the connection's end ends.
+	chunked := r.ProtoAtLeast(1, 1)
 	var head []byte
-	chunked := false
-	switch {
-	case !started:
-		// A body that the connection's end ends needs no framing: each write is the
-		// history's frames and nothing else. Every client reads it (RFC 9112 §6.3).
+	if !started {
 		var buf bytes.Buffer
 		buf.WriteString("HTTP/1.1 200 OK\r\n")
 		if _, ok := h["Date"]; !ok {
@@ -173,12 +176,13 @@ func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start
 		h.Del("Connection")
 		h.Del("Transfer-Encoding")
 		h.Write(&buf)
-		buf.WriteString("Connection: close\r\n\r\n")
+		buf.WriteString("Connection: close\r\n") // the stream ends with the connection
+		if chunked {
+			buf.WriteString("Transfer-Encoding: chunked\r\n")
+		}
+		buf.WriteString("\r\n")
 		head = buf.Bytes()
-	case r.ProtoAtLeast(1, 1):
-		chunked = true // net/http began a chunked body; it goes on
 	}
-	// (Over HTTP/1.0, the body net/http began ends with the connection.)
 
 	fd := takeFD(conn)
 	if fd < 0 {

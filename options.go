@@ -133,8 +133,8 @@ func WithStreamEnd(f func(ctx context.Context, err error)) Option {
 // A stream is taken over when it is plain HTTP/1.x over TCP on Linux (not TLS: terminate TLS at
 // a proxy in front) and the ResponseWriter can hijack its connection, through
 // http.ResponseController (a middleware that wraps it must offer Unwrap), and has not been given
-// a Content-Encoding. The broker then writes the response head itself (with "Connection: close",
-// the body ending when the connection does) or, after a greeting sent with NewStream, goes on
+// a Content-Encoding. The broker then writes the response head itself (the same headers, with
+// "Connection: close" and a chunked body) or, after a greeting sent with NewStream, goes on
 // with the chunked body net/http began; it hands the connection to its pollers, and ServeEvents
 // returns at once (see ServeEvents). Every other stream (HTTP/2, TLS, a writer that cannot
 // hijack, other systems) is served in its handler, as without this option; so is one whose
