@@ -181,7 +181,7 @@ func TestHijackSlowClient(t *testing.T) {
 	checkGoroutines(t)
 	const readers, events = 5, 2500
 	onEnd, ends := endRecorder(readers + 1)
-	b := NewBroker(WithHijack(), WithWriteTimeout(time.Second), WithHistory(events), onEnd)
+	b := NewBroker(WithHijack(), WithWriteTimeout(2*time.Second), WithHistory(events), onEnd)
 	s := newServer(t, http1, b, b.Handler())
 	// A small receive buffer, set before the connection is made (so that its window is
 	// small too), fills with little.
@@ -224,7 +224,7 @@ func TestHijackSlowClient(t *testing.T) {
 	wg.Wait()
 	select {
 	case err = <-ends:
-	case <-time.After(10 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatalf("the stalled stream was not cut; %+v", b.Stats())
 	}
 	if !errors.Is(err, ErrSlowClient) || !errors.Is(err, os.ErrDeadlineExceeded) {
