@@ -16,7 +16,35 @@ type scenario struct {
 	title   string
 	header  []string
 	run     func(ctx context.Context, s *server) row
-	cluster []clusterConfig // instead of run: one row per configuration, for lib sse only
+	cluster []clusterConfig // instead of run: one row per configuration, for sse and sse-hijack only
+	// skip says why lib cannot take part, or "" if it can. nil: every library can.
+	skip func(lib string) string
+}
+
+// needsPublish is the skip of the scenarios that publish: the bare handlers cannot.
+func needsPublish(lib string) string {
+	if strings.HasPrefix(lib, "bare") {
+		return "it cannot publish (the floor for idle connections only)"
+	}
+	return ""
+}
+
+// idleHeader is the header of idle and idle-max.
+var idleHeader = []string{"library", "connected", "RSS Δ MiB", "RSS/conn KiB", "heap+stack/conn KiB", "goroutines/conn", "notes"}
+
+// idleMaxMargin is how many descriptors idle-max leaves free in each process, below its hard
+// limit, for what is not a stream: the listener, the control connections, the runtime's.
+const idleMaxMargin = 256
+
+// idleMax is the idle-max scenario for n connections; why says where n comes from.
+func idleMax(n int, why string) scenario {
+	return scenario{
+		title:  fmt.Sprintf("idle-max: %s connections that receive nothing (%s)", thousands(n), why),
+		header: idleHeader,
+		run: func(ctx context.Context, s *server) row {
+			return runIdle(ctx, s, n)
+		},
+	}
 }
 
 var scenarioByName = map[string]scenario{
@@ -26,6 +54,7 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runDelivery(ctx, s, 1000, 5000, 64, 0)
 		},
+		skip: needsPublish,
 	},
 	"rate": {
 		title:  "rate: 1,000 clients, 1,000 events/s of 64 B for 5 s",
@@ -33,13 +62,40 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runDelivery(ctx, s, 1000, 5000, 64, 1000)
 		},
+		skip: needsPublish,
+	},
+	"steady": {
+		title:  "steady: 1,000 clients, 50 events/s of 64 B for 10 s",
+		header: deliveryHeader,
+		run: func(ctx context.Context, s *server) row {
+			return runDelivery(ctx, s, 1000, 500, 64, 50)
+		},
+		skip: needsPublish,
 	},
 	"idle": {
 		title:  "idle: 10,000 connections that receive nothing",
-		header: []string{"library", "connected", "RSS Δ MiB", "RSS/conn KiB", "heap+stack/conn KiB", "goroutines/conn", "notes"},
+		header: idleHeader,
 		run: func(ctx context.Context, s *server) row {
 			return runIdle(ctx, s, 10000)
 		},
+	},
+	// "idle-max" is set up by main, which knows the limit.
+	"churn": {
+		title: "churn: 20,000 connections, each opening a stream and resetting it as soon as the response begins, " +
+			"from 8 goroutines; then how soon the server is back to its baseline",
+		header: []string{"library", "connections", "conn/s", "srv CPU-µs/conn", "fds back after", "goroutines back after", "clients back after", "notes"},
+		run:    runChurn,
+		skip: func(lib string) string {
+			if lib == "tmaxmax" {
+				return "it sends no response until the first event, so the load side cannot tell a stream is open"
+			}
+			return ""
+		},
+	},
+	"close": {
+		title:  "close: 100 trials, each one client that connects and closes (FIN and reset in turn), until the server counts one client less",
+		header: []string{"library", "trials", "p50 ms", "p99 ms", "max ms", "FIN p50 / max ms", "reset p50 / max ms", "notes"},
+		run:    runClose,
 	},
 	"cluster": {
 		title: "cluster: 3 processes, each a redisbroker node on one namespace of one local redis-server, " +
@@ -55,6 +111,12 @@ var scenarioByName = map[string]scenario{
 			"without (A) and then with (B) one more client that never reads; up to 3 rounds",
 		header: []string{"library", "publish A s", "publish B s", "B/A", "slow client gone after", "others delivered/expected", "p99 ms", "RSS MiB", "peak RSS MiB", "notes"},
 		run:    runSlow,
+		skip: func(lib string) string {
+			if lib == "floor" {
+				return "it cuts any socket whose write would block: it has no slow-client policy to measure"
+			}
+			return needsPublish(lib)
+		},
 	},
 }
 
@@ -140,13 +202,13 @@ func connectAndSync(ctx context.Context, s *server, n, readBuf int) ([]*conn, er
 	return conns, nil
 }
 
-// connect connects n reading clients and waits until the server runs a handler for each.
+// connect connects n reading clients and waits until the server serves a stream for each.
 func connect(ctx context.Context, s *server, n, readBuf int) ([]*conn, error) {
-	conns, err := dialAll(ctx, s.addr, n, true, readBuf)
+	conns, err := dialAll(ctx, s.addr, n, nil, true, readBuf)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	if err := waitHandlers(ctx, s, n, 30*time.Second); err != nil {
+	if err := waitStreams(ctx, s, n, 30*time.Second); err != nil {
 		closeAll(conns)
 		return nil, err
 	}
@@ -182,19 +244,20 @@ func synced(conns []*conn) int {
 	return n
 }
 
-// waitHandlers waits until n /events handlers run in the server.
-func waitHandlers(ctx context.Context, s *server, n int, timeout time.Duration) error {
+// waitStreams waits until the server serves n streams (serverStats.Streams: the /events
+// handlers running, or the library's own count where the stream outlives its handler).
+func waitStreams(ctx context.Context, s *server, n int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		st, err := s.stats(ctx, false)
 		if err != nil {
 			return err
 		}
-		if st.Handlers == int64(n) {
+		if st.Streams == int64(n) {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%d of %d handlers running after %v", st.Handlers, n, timeout)
+			return fmt.Errorf("%d of %d streams served after %v", st.Streams, n, timeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -296,6 +359,9 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 	}
 	if st.SSE != nil && st.SSE.SlowDisconnects > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d slow disconnects", st.SSE.SlowDisconnects))
+	}
+	if st.Cut > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("the floor cut %d sockets whose write would have blocked", st.Cut))
 	}
 	if o := outOfOrder(conns); o > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
@@ -452,13 +518,13 @@ func runIdle(ctx context.Context, s *server, n int) row {
 		return r
 	}
 	rss0, _, _ := memory(s.pid)
-	conns, err := dialAll(ctx, s.addr, n, true, 4<<10)
+	conns, err := dialAll(ctx, s.addr, n, sources(n), true, 4<<10)
 	if err != nil {
 		r.notes = append(r.notes, "dial: "+err.Error())
 		return r
 	}
 	defer closeAll(conns)
-	if err := waitHandlers(ctx, s, n, 30*time.Second); err != nil {
+	if err := waitStreams(ctx, s, n, 30*time.Second); err != nil {
 		r.notes = append(r.notes, err.Error())
 		return r
 	}
@@ -479,7 +545,7 @@ func runIdle(ctx context.Context, s *server, n int) row {
 	dRSS := rss1 - rss0
 	dMem := int64(st1.HeapInuse+st1.StackInuse) - int64(st0.HeapInuse+st0.StackInuse)
 	r.cells = []string{
-		fmt.Sprint(st1.Handlers), mib(dRSS),
+		fmt.Sprint(st1.Streams), mib(dRSS),
 		fmt.Sprintf("%.2f", float64(dRSS)/float64(n)/1024),
 		fmt.Sprintf("%.2f", float64(dMem)/float64(n)/1024),
 		fmt.Sprintf("%.2f", float64(st1.Goroutines-st0.Goroutines)/float64(n)),
@@ -543,12 +609,12 @@ func runSlow(ctx context.Context, s *server) row {
 		durA = append(durA, fmt.Sprintf("%.3f", dA.Seconds()))
 
 		// B: with one more client, which never reads.
-		slow, err := dial(ctx, s.addr, false, 0)
+		slow, err := dial(ctx, s.addr, nil, false, 0)
 		if err != nil {
 			r.notes = append(r.notes, "slow client: "+err.Error())
 			break
 		}
-		if err := waitHandlers(ctx, s, readers+1, 10*time.Second); err != nil {
+		if err := waitStreams(ctx, s, readers+1, 10*time.Second); err != nil {
 			slow.close()
 			r.notes = append(r.notes, err.Error())
 			break
@@ -600,7 +666,7 @@ func runSlow(ctx context.Context, s *server) row {
 		slow.close()
 		if gone[len(gone)-1] != "never" {
 			// Back to the readers alone before the next A.
-			if err := waitHandlers(ctx, s, readers, 10*time.Second); err != nil {
+			if err := waitStreams(ctx, s, readers, 10*time.Second); err != nil {
 				r.notes = append(r.notes, err.Error())
 				break
 			}
@@ -657,11 +723,11 @@ func waitLibClients(ctx context.Context, s *server, n int) {
 	}
 }
 
-// watchGone sends the Unix ns at which the server's /events handlers fell to n.
+// watchGone sends the Unix ns at which the streams the server serves fell to n.
 func watchGone(ctx context.Context, s *server, n int, gone chan<- int64) {
 	for ctx.Err() == nil {
 		st, err := s.stats(ctx, false)
-		if err == nil && st.Handlers <= int64(n) {
+		if err == nil && st.Streams <= int64(n) {
 			gone <- time.Now().UnixNano()
 			return
 		}
