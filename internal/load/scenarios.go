@@ -553,6 +553,11 @@ func runIdle(ctx context.Context, s *server, n int) row {
 	perConn := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / float64(n) / 1024 }
 	r.notes = append(r.notes, fmt.Sprintf("KiB/conn: heap %.2f, stacks %.2f, all runtime memory %.2f",
 		perConn(st0.HeapInuse, st1.HeapInuse), perConn(st0.StackInuse, st1.StackInuse), perConn(st0.RuntimeSys, st1.RuntimeSys)))
+	if st1.Handlers != st1.Streams {
+		// A library that takes streams over from net/http should leave no handler running;
+		// one that does is serving those streams in its handlers after all.
+		r.notes = append(r.notes, fmt.Sprintf("%d /events handlers still running", st1.Handlers))
+	}
 	if lc := st1.LibClients; lc >= 0 && lc != n {
 		r.notes = append(r.notes, fmt.Sprintf("library counts %d clients", lc))
 	}
