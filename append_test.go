@@ -1,7 +1,10 @@
 package sse
 
 import (
+	"errors"
+	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -208,5 +211,92 @@ func TestAppendAgeFromPublished(t *testing.T) {
 			t.Fatalf("resuming from before an event 2 minutes old: got %+v, want %s", ev, MissedType)
 		}
 		ts.expect("2", "3")
+	})
+}
+
+// A break in the log ends every stream with a retry hint spread over [retry, 2×retry), so that
+// the clients of every node do not all come back in the same millisecond.
+func TestAppendBreakSpreadsReturns(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		const clients = 100
+		nd := newNode(t, m, WithRetry(time.Second))
+		appendAll(t, "e1", 1, 1, nd)
+		var streams []*testStream
+		for i := range clients {
+			streams = append(streams, nd.openN(t, "/", i+1))
+		}
+		appendAll(t, "e2", 1, 1, nd) // a new epoch: the log was lost
+		lo, hi := int64(2000), int64(0)
+		for _, ts := range streams {
+			ts.expectEnd()
+			r := ts.dec.Retry()
+			if r < 1000 || r >= 2000 {
+				t.Fatalf("retry hint = %d ms, want within [1000, 2000)", r)
+			}
+			lo, hi = min(lo, r), max(hi, r)
+		}
+		if hi-lo < 800 {
+			t.Errorf("%d clients' retry hints span [%d, %d] ms, want at least 80%% of [1000, 2000)", clients, lo, hi)
+		}
+		for range clients {
+			if err := <-nd.ends; !errors.Is(err, ErrEventsLost) {
+				t.Errorf("ServeEvents returned %v, want ErrEventsLost", err)
+			}
+		}
+	})
+}
+
+// Resumes from IDs that Append has not reached count against the client limit while they
+// wait: a storm of them is turned away with a retry hint beyond it, and each that waits is
+// served exactly once its event comes.
+func TestAppendAheadLimit(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		nd := newNode(t, m, WithMaxClients(4), WithRetry(time.Second))
+		appendAll(t, "e1", 1, 2, nd)
+		live := nd.openN(t, "/", 1)
+		type result struct {
+			data []string
+			err  error
+		}
+		results := make(chan result, 10)
+		for i := range 10 { // waiting for events 3 to 12
+			go func() {
+				ts := nd.open(t, "/", "e1-"+strconv.Itoa(i+3))
+				var got []string
+				for {
+					ev, err := ts.dec.Next()
+					if err != nil {
+						results <- result{got, err}
+						return
+					}
+					got = append(got, ev.Data)
+					if ev.Data == "13" {
+						results <- result{got, nil}
+						return
+					}
+				}
+			}()
+		}
+		// Three of them wait (with the live client, the limit), seven are refused.
+		for range 7 {
+			if r := <-results; len(r.data) != 0 || !errors.Is(r.err, io.EOF) {
+				t.Errorf("an ahead resume over the limit got %q, %v; want a refusal", r.data, r.err)
+			}
+		}
+		if st := nd.b.Stats(); st.Refused != 7 || st.Clients != 1 {
+			t.Errorf("Refused, Clients = %d, %d while three wait; want 7, 1", st.Refused, st.Clients)
+		}
+		appendAll(t, "e1", 3, 13, nd)
+		live.expect(seqData("", 3, 14)...)
+		for range 3 {
+			r := <-results
+			if r.err != nil || len(r.data) == 0 {
+				t.Fatalf("a waiting resume got %q, %v", r.data, r.err)
+			}
+			from, _ := strconv.Atoi(r.data[0])
+			if !slices.Equal(r.data, seqData("", from, 14)) {
+				t.Errorf("a waiting resume got %q, want %d to 13 once each", r.data, from)
+			}
+		}
 	})
 }

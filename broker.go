@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -47,8 +48,10 @@ type Broker struct {
 
 	// Clients read these without a lock.
 	published atomic.Uint64 // the sequence number of the last event appended to all its topics
-	beats     atomic.Uint64 // how many heartbeat ticks there have been
+	ticks     atomic.Uint64 // how many heartbeat ticks there have been; see heartbeat.go
 	breaks    atomic.Uint64 // how many times the log the Broker follows broke; see Append
+
+	warnedDeadline atomic.Bool // a ResponseWriter that cannot set deadlines was logged
 
 	// mu guards the fields below it, and what topics and groups say it guards. Publish,
 	// subscribing and unsubscribing hold it; clients reading the history do not.
@@ -62,8 +65,8 @@ type Broker struct {
 	following bool
 	base      uint64
 	floor     uint64
-	caughtUp  chan struct{} // made for resumes waiting for Append, closed once seq reaches awaited
-	awaited   uint64        // the lowest sequence number a resume waits for
+	ahead     map[uint64]chan struct{} // closed once seq reaches the key: for resumes that wait for it
+	waiting   int                      // resumes waiting in ahead; they count against the client limit
 
 	ids       strings.Builder // holds the IDs the broker assigns; see id
 	topics    map[string]*topic
@@ -95,6 +98,9 @@ type group struct {
 	topics  []*topic
 	slots   []int // the group's index in each of its topics' groups
 	clients int
+	active  uint64 // Broker.ticks when the group was last woken, by an event or a heartbeat
+
+	beats atomic.Uint64 // how many heartbeats the group was woken with
 
 	wakeMu sync.Mutex    // guards wake, which clients set without Broker.mu
 	wake   chan struct{} // closed to wake the group's clients; nil when none waits
@@ -248,8 +254,10 @@ func (b *Broker) add(e entry, topics []string, waiting []chan struct{}) []chan s
 	// published, so that it misses no wake-up. (A group in several of the topics has its
 	// channel taken once: the first time.)
 	b.published.Store(e.seq)
+	now := b.ticks.Load()
 	for _, t := range added {
 		for _, g := range t.groups {
+			g.active = now
 			if ch := g.take(); ch != nil {
 				waiting = append(waiting, ch)
 			}
@@ -314,17 +322,23 @@ func (b *Broker) Append(epoch string, seq uint64, published time.Time, ev Event,
 		b.mu.Unlock()
 		return nil // appended already
 	}
+	ended := 0
 	if !sameEpoch || seq != b.seq-b.base+1 {
-		b.restart(epoch, seq)
+		ended = b.restart(epoch, seq)
 	}
 	b.seq++
 	waiting := b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics, wakeBuf[:0])
-	if b.caughtUp != nil && b.seq >= b.awaited {
-		close(b.caughtUp)
-		b.caughtUp = nil
+	// Append adds the log's events one by one, so every sequence number a resume waits for
+	// comes up: each waiting resume is woken once, when its event is there.
+	if ch := b.ahead[b.seq]; ch != nil {
+		delete(b.ahead, b.seq)
+		waiting = append(waiting, ch)
 	}
 	b.mu.Unlock()
 	wake(waiting) // as Publish does
+	if ended > 0 {
+		b.logBreak(epoch, ended)
+	}
 	return nil
 }
 
@@ -341,20 +355,26 @@ func (b *Broker) Follow(epoch string, seq uint64) error {
 		return err
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.closed {
+		b.mu.Unlock()
 		return ErrClosed
 	}
 	if b.following && b.prefix == epoch+"-" && seq <= b.seq-b.base {
+		b.mu.Unlock()
 		return nil
 	}
-	b.restart(epoch, seq+1)
+	ended := b.restart(epoch, seq+1)
+	b.mu.Unlock()
+	if ended > 0 {
+		b.logBreak(epoch, ended)
+	}
 	return nil
 }
 
 // restart makes the broker follow epoch from seq on: it drops what it holds, which came
-// before a break in the log, and disconnects every client. b.mu must be held.
-func (b *Broker) restart(epoch string, seq uint64) {
+// before a break in the log, and disconnects every client. It returns how many streams it
+// ends. b.mu must be held.
+func (b *Broker) restart(epoch string, seq uint64) (ended int) {
 	b.following = true
 	b.prefix = epoch + "-"
 	b.base = b.seq + 1 - seq // the event seq is the next: b.seq+1
@@ -369,9 +389,19 @@ func (b *Broker) restart(epoch string, seq uint64) {
 	for _, g := range b.groups {
 		g.wakeUp()
 	}
-	if b.caughtUp != nil {
-		close(b.caughtUp) // what they wait for is from before the break
-		b.caughtUp = nil
+	for _, ch := range b.ahead {
+		close(ch) // what they wait for is from before the break
+	}
+	clear(b.ahead)
+	return int(b.stats.clients.Load())
+}
+
+// logBreak logs, once for the Broker, that a break in the log it follows ended streams
+// ended; each stream's own end is logged at Debug.
+func (b *Broker) logBreak(epoch string, streams int) {
+	if b.opts.logger != nil {
+		b.opts.logger.LogAttrs(context.Background(), slog.LevelWarn, "sse: the log broke: events were lost; streams ended, to resume with "+MissedType,
+			slog.String("epoch", epoch), slog.Int("streams", streams))
 	}
 }
 

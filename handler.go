@@ -7,58 +7,56 @@ import (
 	"os"
 )
 
+// The handler driver: the stream's own handler goroutine, the one net/http runs the request
+// on, waits for its group's wake-ups and writes.
+
 // stream writes the client's events until its stream ends, and returns why, as ServeEvents.
 func (b *Broker) stream(ctx context.Context, s *flushWriter, c *client, start string, missed bool) error {
 	if err := s.write(preamble(b.opts.retry, start, missed)); err != nil {
 		return b.writeError(err)
 	}
-	closing := false
+	var wake <-chan struct{}
 	for {
-		frames, wake, lost := c.next(b)
-		// Append counts a break before it adds the first event after it: a client that
-		// read that event sees the break too, and does not skip what was lost.
-		if b.breaks.Load() != c.breaks {
-			clear(frames)
-			return ErrEventsLost
-		}
-		if lost {
-			b.stats.slow.Add(1)
-			return ErrSlowClient
-		}
-		if len(frames) > 0 {
-			err := s.write(frames...)
-			clear(frames) // let the history drop them
-			if err != nil {
-				return b.writeError(err)
+		out, end := c.next(b)
+		if len(out) == 0 && end == nil {
+			if wake == nil {
+				// Whatever happens from now on closes wake; what happened before, next sees.
+				wake = c.g.waiter()
+				continue
 			}
-			b.stats.delivered.Add(int64(len(frames)))
-			c.sent += len(frames)
-			c.idle = false
-			continue
-		}
-		if closing {
-			s.write(appendRetry(nil, b.retryLater()))
-			return ErrClosed
-		}
-		// Publish, heartbeat ticks and Shutdown all wake the group.
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return nil
-		}
-		if n := b.beats.Load(); n != c.beats {
-			c.beats = n
-			if c.idle {
-				if err := s.write(heartbeat); err != nil {
-					return b.writeError(err)
+			select {
+			case <-wake:
+				wake = nil
+				continue
+			case <-ctx.Done():
+				end = contextEnded(ctx)
+				if end == nil {
+					return nil
 				}
+				out = b.goodbye() // the client is still there
 			}
-			c.idle = true
 		}
-		// Send what was published before Shutdown first: Publish accepts nothing more, so
-		// this ends.
-		closing = b.isClosed()
+		wake = nil
+		err := s.write(out...)
+		if end != nil {
+			return end
+		}
+		if err != nil {
+			return b.writeError(err)
+		}
+		c.wrote(b)
 	}
+}
+
+// contextEnded returns why a stream ends when its request's context is done: nil if the
+// client went away (net/http then cancels the context, with no other cause), or else an error
+// wrapping the context's cause, a deadline that middleware set, say.
+func contextEnded(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	if cause == context.Canceled {
+		return nil
+	}
+	return fmt.Errorf("sse: the request's context ended before the client left: %w", cause)
 }
 
 // writeError returns why a failed write ends a stream: the client was too slow if the write

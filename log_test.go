@@ -132,6 +132,9 @@ func TestStreamEnds(t *testing.T) {
 			}
 			close(gate)
 			ts.expect("0")
+			if r, _ := log.take(t); !strings.Contains(r.Message, "cannot set write deadlines") {
+				t.Errorf("logged %q first, want the warning that the gated writer has no deadlines", r.Message)
+			}
 			check(t, ends, log, ErrSlowClient, slog.LevelWarn, "fell behind the history", 1, "")
 		})
 	})
@@ -145,7 +148,20 @@ func TestStreamEnds(t *testing.T) {
 			b.Append("e1", 2, time.Time{}, Event{Data: "2"})
 			ts.expect("2")
 			b.Append("e1", 5, time.Time{}, Event{Data: "5"}) // 3 and 4 were lost
-			check(t, ends, log, ErrEventsLost, slog.LevelWarn, "events lost upstream", 1, "")
+			// The break is logged once, at Warn, with the streams it ended; the stream's end
+			// at Debug. The two come in either order.
+			<-ends
+			r1, a1 := log.take(t)
+			r2, a2 := log.take(t)
+			if r1.Level != slog.LevelWarn {
+				r1, a1, r2, a2 = r2, a2, r1, a1
+			}
+			if r1.Level != slog.LevelWarn || !strings.Contains(r1.Message, "the log broke") || a1["streams"].Int64() != 1 {
+				t.Errorf("logged %v %q %v, want a warning that the log broke, ending 1 stream", r1.Level, r1.Message, a1)
+			}
+			if r2.Level != slog.LevelDebug || a2["reason"].String() != "events lost upstream" || a2["events"].Int64() != 1 {
+				t.Errorf("logged %v %q %v, want the stream's end at Debug", r2.Level, r2.Message, a2)
+			}
 		})
 	})
 	t.Run("write timeout", func(t *testing.T) {
@@ -178,8 +194,9 @@ func TestStreamEndLogDisabled(t *testing.T) {
 	for _, l := range []*slog.Logger{nil, quiet} {
 		b := NewBroker(WithLogger(l))
 		r, _ := http.NewRequest("GET", "/", nil)
+		e := &ending{ctx: r.Context(), remote: r.RemoteAddr, began: time.Now()}
 		allocs := testing.AllocsPerRun(100, func() {
-			b.logEnd(r, nil, time.Now(), 3, nil)
+			b.logEnd(e, 3, nil)
 		})
 		if allocs != 0 {
 			t.Errorf("logger %v: logging a disabled level allocates %v times", l, allocs)
@@ -203,11 +220,50 @@ func BenchmarkLogEnd(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			br := NewBroker(WithLogger(loggers[name]))
 			r, _ := http.NewRequest("GET", "/", nil)
-			topics := []string{"room"}
+			e := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: []string{"room"}, began: time.Now()}
 			b.ReportAllocs()
 			for b.Loop() {
-				br.logEnd(r, topics, time.Now(), 3, nil)
+				br.logEnd(e, 3, nil)
 			}
 		})
 	}
+}
+
+type userKey struct{}
+
+// WithStreamEnd is called once for every stream, served or refused, with the request's context
+// and the reason ServeEvents returns: enough to keep a list of who is connected.
+func TestStreamEndHook(t *testing.T) {
+	run(t, func(t *testing.T, m mode) {
+		type end struct {
+			user string
+			err  error
+		}
+		ended := make(chan end, 10)
+		b := NewBroker(WithMaxClients(1), WithStreamEnd(func(ctx context.Context, err error) {
+			ended <- end{ctx.Value(userKey{}).(string), err}
+		}))
+		returned := make(chan error, 10)
+		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx := context.WithValue(r.Context(), userKey{}, r.URL.Query().Get("user"))
+			returned <- b.ServeEvents(w, r.WithContext(ctx))
+		}))
+		ann := s.openN(t, "/?user=ann", 1)
+		s.open(t, "/?user=bob", "").expectEnd() // over the limit
+		if e := <-ended; e.user != "bob" || !errors.Is(e.err, ErrTooManyClients) {
+			t.Errorf("first end: %q, %v; want bob, ErrTooManyClients", e.user, e.err)
+		}
+		ann.close()
+		if e := <-ended; e.user != "ann" || e.err != nil {
+			t.Errorf("second end: %q, %v; want ann, nil", e.user, e.err)
+		}
+		for range 2 {
+			<-returned
+		}
+		select {
+		case e := <-ended:
+			t.Errorf("a third end: %+v", e)
+		default:
+		}
+	})
 }

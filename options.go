@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"context"
 	"log/slog"
 	"time"
 )
@@ -17,6 +18,7 @@ type options struct {
 	retry        time.Duration
 	writeTimeout time.Duration
 	maxClients   int
+	onEnd        func(ctx context.Context, err error)
 }
 
 // WithHistory sets how many events each topic keeps, 1024 if n is not positive. The history
@@ -52,9 +54,11 @@ func WithHistoryMemory(n int64) Option {
 }
 
 // WithHeartbeat sets the heartbeat interval, 15s by default (when d is zero); a negative d
-// turns heartbeats off. A client that has been sent nothing for a whole interval gets a comment
-// line at the end of the next one, so an idle stream carries one every one to two intervals.
-// Heartbeats keep proxies from closing idle streams and find clients that left without a word.
+// turns heartbeats off. A stream that has been sent nothing for an interval gets a comment
+// line, so that no stream goes longer than one interval without a byte, plus the moment it
+// takes to write it, and never 1.25 intervals: a proxy whose read timeout is 1.25 intervals
+// or more never cuts an idle stream. Heartbeats keep proxies from closing idle streams and
+// find clients that left without a word.
 func WithHeartbeat(d time.Duration) Option {
 	return func(o *options) {
 		if d != 0 {
@@ -88,11 +92,14 @@ func WithWriteTimeout(d time.Duration) Option {
 
 // WithLogger has the broker log the end of every stream to l: why it ended, its topics, how
 // long it lasted and how many events it was sent, with the request's context. A client that
-// left, or a stream that Shutdown ended, is logged at level Debug; a client disconnected for
-// being too slow, turned away over the client limit, or disconnected because the log the
-// broker follows broke (ErrEventsLost), at Warn. By default, and when l is nil, nothing is
-// logged; nothing is built for a level l does not log. ServeEvents returns the same reason,
-// for handlers that log with their own request's details.
+// left, a stream that Shutdown ended, or one ended by a break in the log the broker follows
+// (ErrEventsLost), is logged at level Debug; a client disconnected for being too slow, turned
+// away over the client limit, or whose request's context ended for another cause than its
+// leaving (a middleware's deadline), at Warn; a ResponseWriter that cannot flush, at Error.
+// A break in the log is logged once, at Warn, with how many streams it ended, and a
+// ResponseWriter that cannot set write deadlines once, at Warn. By default, and when l is
+// nil, nothing is logged; nothing is built for a level l does not log. ServeEvents returns
+// the same reason, for handlers that log with their own request's details.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
@@ -101,4 +108,16 @@ func WithLogger(l *slog.Logger) Option {
 // there is no limit. A client over the limit is told to retry later, see [Broker.ServeEvents].
 func WithMaxClients(n int) Option {
 	return func(o *options) { o.maxClients = max(n, 0) }
+}
+
+// WithStreamEnd has the broker call f once for every stream that ServeEvents (or Handler)
+// served or refused, when it ends, with the request's context and why the stream ended (what
+// ServeEvents returns in the handler's goroutine; see ServeEvents). It is the one moment that
+// is the same whether a stream runs in its handler or on the broker's pollers (WithHijack):
+// an application that counts who is connected marks a client present before it calls
+// ServeEvents and absent in f, with what it put in the context (context.WithValue) to tell
+// clients apart. f runs on the goroutine that ends the stream; it must not block, and the
+// context may be done already.
+func WithStreamEnd(f func(ctx context.Context, err error)) Option {
+	return func(o *options) { o.onEnd = f }
 }

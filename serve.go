@@ -3,6 +3,7 @@ package sse
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -27,56 +28,88 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // the client of r, until the client goes away, falls too far behind, or the broker shuts down,
 // and returns why: nil if the client went away, ErrSlowClient if it was disconnected for being
 // too slow, ErrClosed if the broker shut down, ErrTooManyClients if it turned the client away,
-// ErrEventsLost if the log the broker follows broke (see Append).
-// Call it from a handler that chooses the topics per request; refuse a request before calling
-// it with an ordinary error response.
+// ErrEventsLost if the log the broker follows broke (see Append), and an error wrapping the
+// cause if r's context ended for another cause than the client leaving (a timeout
+// middleware's deadline, say). Every stream the broker ends while it can still write to it
+// carries a retry hint spread over the retry delay. WithStreamEnd and WithLogger are told the
+// same reason. Call it from a handler that chooses the topics per request; refuse a request
+// before calling it with an ordinary error response.
 //
 // The client is subscribed before the response headers are flushed: once it sees the stream
 // open, it receives every event published afterwards. A client that sends a Last-Event-ID
 // header (or, for clients that cannot set headers, a lastEventId query parameter) first
 // receives the events it missed; see the package documentation on replay. A request that is
-// not a GET gets 405, and an error.
+// not a GET gets 405, and an error. A ResponseWriter that cannot flush (middleware that wraps
+// it without Unwrap, or http.TimeoutHandler) gets 500 with a body that says so, and an error
+// that is http.ErrNotSupported: its events would never reach the client.
 //
 // To send a client events of its own ahead of the broker's (a greeting, say), start the
 // response with NewStream, Send them, then call ServeEvents; refuse requests other than GET
 // before that, since the response has then begun. Such a client sees its stream open before it
-// is subscribed: what is published before ServeEvents is called does not reach it. Once the broker is shut down
-// or over its client limit, ServeEvents answers 200 with only a retry hint and ends the
-// response, so that an EventSource comes back later: any other status would stop it for good.
+// is subscribed: what is published before ServeEvents is called does not reach it. Once the
+// broker is shut down or over its client limit, ServeEvents answers 200 with only a retry hint
+// and ends the response, so that an EventSource comes back later: any other status would stop
+// it for good.
 func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
 		return errMethod
 	}
+	end := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: topics, began: time.Now()}
+	if err := checkFlush(w); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return b.ended(end, 0, err)
+	}
 	setHeaders(w.Header())
 	s := newFlushWriter(w, r, b.opts.writeTimeout)
+	if !canSetDeadline(w) && b.warnedDeadline.CompareAndSwap(false, true) && b.opts.logger != nil {
+		b.opts.logger.LogAttrs(r.Context(), slog.LevelWarn, "sse: the ResponseWriter cannot set write deadlines: "+
+			"a middleware that wraps it must offer Unwrap; until then the server's WriteTimeout cuts streams, "+
+			"and a stalled client is not cut at the broker's write timeout",
+			slog.String("writer", fmt.Sprintf("%T", w)))
+	}
 	// What net/http writes after the handler returns (over HTTP/1.1, the end of the chunked
 	// body) must not wait forever on a client that stopped reading.
 	defer func() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }()
 
-	began := time.Now()
 	c, start, missed, err := b.joinWaiting(r.Context(), topics, lastEventID(r))
-	if err == context.Canceled || err == context.DeadlineExceeded {
-		b.logEnd(r, topics, began, 0, nil)
-		return nil // gone while it waited
-	}
 	if err != nil {
+		if ctxErr := r.Context().Err(); ctxErr != nil && errors.Is(err, ctxErr) {
+			return b.ended(end, 0, contextEnded(r.Context())) // it ended while the client waited
+		}
 		b.stats.refused.Add(1)
 		s.write(appendRetry(nil, b.retryLater()))
-		b.logEnd(r, topics, began, 0, err)
-		return err
+		return b.ended(end, 0, err)
 	}
 	defer b.leave(c)
 	err = b.stream(r.Context(), s, c, start, missed)
-	b.logEnd(r, topics, began, c.sent, err)
+	return b.ended(end, c.sent, err)
+}
+
+// An ending is what the end of a stream is reported with: to the logger, and to the function
+// WithStreamEnd sets.
+type ending struct {
+	ctx    context.Context // the request's
+	remote string
+	topics []string
+	began  time.Time
+}
+
+// ended reports the end of a stream that was sent sent events, and returns err, why it ended.
+func (b *Broker) ended(e *ending, sent int, err error) error {
+	b.logEnd(e, sent, err)
+	if b.opts.onEnd != nil {
+		b.opts.onEnd(e.ctx, err)
+	}
 	return err
 }
 
 var errMethod = errors.New("sse: method not allowed")
 
 // An aheadError is what join returns for a client that resumes from an ID of the log the
-// broker follows that Append has not reached: caughtUp is closed at the next Append.
+// broker follows that Append has not reached: caughtUp is closed when Append reaches it, or
+// at a break in the log.
 type aheadError struct{ caughtUp <-chan struct{} }
 
 func (*aheadError) Error() string { return "sse: resuming from an event not yet appended" }
@@ -103,49 +136,62 @@ func (b *Broker) joinWaiting(ctx context.Context, names []string, lastID string)
 			defer timer.Stop()
 			deadline = timer.C
 		}
+		timedOut := false
 		select {
 		case <-ahead.caughtUp:
 		case <-deadline:
-			return b.join(names, lastID, false) // it did not come: resume as from an unknown ID
+			timedOut = true
 		case <-b.done:
 		case <-ctx.Done():
-			return nil, "", false, ctx.Err()
+		}
+		b.mu.Lock()
+		b.waiting--
+		b.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return nil, "", false, err
+		}
+		if timedOut {
+			return b.join(names, lastID, false) // it did not come: resume as from an unknown ID
 		}
 	}
 }
 
-// logEnd logs why the stream of r ended, if the broker has a logger for that level.
-func (b *Broker) logEnd(r *http.Request, topics []string, began time.Time, sent int, err error) {
+// logEnd logs why a stream ended, if the broker has a logger for that level.
+func (b *Broker) logEnd(e *ending, sent int, err error) {
 	l := b.opts.logger
 	if l == nil {
 		return
 	}
 	level, reason := slog.LevelDebug, "client gone"
 	switch {
+	case errors.Is(err, errNoFlush):
+		level, reason = slog.LevelError, "the ResponseWriter cannot flush"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		level, reason = slog.LevelWarn, "write timed out"
 	case errors.Is(err, ErrSlowClient):
 		level, reason = slog.LevelWarn, "fell behind the history"
 	case errors.Is(err, ErrEventsLost):
-		level, reason = slog.LevelWarn, "events lost upstream"
+		reason = "events lost upstream" // Append logs the break once, at Warn
 	case errors.Is(err, ErrTooManyClients):
 		level, reason = slog.LevelWarn, "refused: too many clients"
 	case errors.Is(err, ErrClosed):
 		reason = "shutdown"
+	case err != nil:
+		level, reason = slog.LevelWarn, err.Error() // the request's context ended
 	}
-	ctx := r.Context()
-	if !l.Enabled(ctx, level) {
+	if !l.Enabled(e.ctx, level) {
 		return
 	}
+	topics := e.topics
 	if len(topics) == 0 {
 		topics = defaultTopics
 	}
-	l.LogAttrs(ctx, level, "sse: stream ended",
+	l.LogAttrs(e.ctx, level, "sse: stream ended",
 		slog.String("reason", reason),
 		slog.Any("topics", topics),
-		slog.Duration("duration", time.Since(began)),
+		slog.Duration("duration", time.Since(e.began)),
 		slog.Int("events", sent),
-		slog.String("remote", r.RemoteAddr))
+		slog.String("remote", e.remote))
 }
 
 // preamble returns what a stream starts with: the retry hint, the MissedType event if missed,
@@ -206,42 +252,69 @@ func (b *Broker) retryLater() time.Duration {
 	return min(b.opts.retry+rand.N(b.opts.retry), maxRetry)
 }
 
-// A client is one open stream's place in the history of its topics. Only the stream's handler
-// goroutine uses it.
+// A client is one open stream: its place in the history of its topics, and what the rules
+// every stream follows need to know of it. One goroutine at a time uses it: the stream's
+// handler, or the poller that holds the stream.
 type client struct {
 	reader // a cursor for each of g.topics
 	g      *group
-	idle   bool   // nothing was sent since the last heartbeat tick
 	sent   int    // events written
+	batch  int    // events in what next returned last
 	breaks uint64 // Broker.breaks when the client joined
-	beats  uint64 // Broker.beats when the client last looked
+	beats  uint64 // g.beats when the client last looked
 }
 
-// next returns the client's next events, in publish order, and advances its cursors. When there
-// are none, it returns a channel that is closed when there may be. lost reports that the
-// client fell further behind than the history holds.
-func (c *client) next(b *Broker) (frames [][]byte, wake <-chan struct{}, lost bool) {
-	if frames, lost = c.read(b.published.Load()); lost || len(frames) > 0 {
-		return frames, nil, lost
+// next returns what the client's stream writes next, and end, not nil if the stream ends once
+// that is written: the client's next events, in publish order, up to maxBatch (its cursors
+// advance past them); a heartbeat; or, for a stream the broker ends while it can still write
+// to it, a retry hint spread over the retry delay, so that its clients do not all come back
+// at once. With nothing to write and no end, the stream waits until its group is woken (see
+// group.take): everything that next looks at is done before the wake-up it causes.
+func (c *client) next(b *Broker) (out [][]byte, end error) {
+	c.batch = 0
+	frames, lost := c.read(b.published.Load())
+	// Append counts a break before it adds the first event after it: a client that read that
+	// event sees the break too, and does not skip what was lost.
+	if b.breaks.Load() != c.breaks {
+		clear(frames)
+		return b.goodbye(), ErrEventsLost
 	}
-	wake = c.g.waiter()
-	// What happened before the waiter was made did not close it: an event published, a
-	// heartbeat tick, Shutdown. Each is done before its wake-up, so it is seen now.
-	if frames, lost = c.read(b.published.Load()); lost || len(frames) > 0 {
-		return frames, nil, lost
+	if lost {
+		b.stats.slow.Add(1)
+		return b.goodbye(), fmt.Errorf("%w: it fell behind the history", ErrSlowClient)
 	}
-	if c.beats != b.beats.Load() || b.isClosed() {
-		return nil, woken, false
+	if len(frames) > 0 {
+		c.batch = len(frames)
+		return frames, nil
 	}
-	return nil, wake, false
+	// What was published before Shutdown was sent first: Publish accepts nothing more, so
+	// this ends.
+	if b.isClosed() {
+		return b.goodbye(), ErrClosed
+	}
+	if n := c.g.beats.Load(); n != c.beats {
+		c.beats = n
+		return heartbeats, nil
+	}
+	return nil, nil
 }
 
-// woken is a closed channel: a wake-up that has already happened.
-var woken = func() chan struct{} {
-	c := make(chan struct{})
-	close(c)
-	return c
-}()
+// wrote records that what next returned last was written.
+func (c *client) wrote(b *Broker) {
+	if c.batch > 0 {
+		clear(c.frames[:c.batch]) // let the history drop them
+		b.stats.delivered.Add(int64(c.batch))
+		c.sent += c.batch
+	}
+}
+
+// goodbye returns the last words of a stream that the broker ends: a retry hint spread over
+// the retry delay.
+func (b *Broker) goodbye() [][]byte {
+	return [][]byte{appendRetry(nil, b.retryLater())}
+}
+
+var heartbeats = [][]byte{heartbeat}
 
 // join subscribes a new client to topics, placing it after the event lastID names, or at the
 // end of the history if lastID is empty. missed reports that lastID was unknown or that events
@@ -263,23 +336,26 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 	if b.closed {
 		return nil, "", false, ErrClosed
 	}
-	if b.opts.maxClients > 0 && b.stats.clients.Load() >= int64(b.opts.maxClients) {
+	if b.opts.maxClients > 0 && b.stats.clients.Load()+int64(b.waiting) >= int64(b.opts.maxClients) {
 		return nil, "", false, ErrTooManyClients
 	}
 	if wait && lastID != "" {
 		if seq, _, ahead := b.lookup(lastID); ahead {
-			if b.caughtUp == nil || seq < b.awaited {
-				if b.caughtUp != nil {
-					close(b.caughtUp) // its waiters wait again, for the new awaited
+			ch := b.ahead[seq]
+			if ch == nil {
+				if b.ahead == nil {
+					b.ahead = make(map[uint64]chan struct{})
 				}
-				b.caughtUp, b.awaited = make(chan struct{}), seq
+				ch = make(chan struct{})
+				b.ahead[seq] = ch
 			}
-			return nil, "", false, &aheadError{b.caughtUp}
+			b.waiting++ // until joinWaiting is done waiting
+			return nil, "", false, &aheadError{ch}
 		}
 	}
 	g := b.groups[key]
 	if g == nil {
-		g = &group{key: key}
+		g = &group{key: key, active: b.ticks.Load()}
 		for _, name := range names {
 			t := b.topic(name)
 			if t.unread != nil {
@@ -295,13 +371,13 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 	g.clients++
 	if b.stats.clients.Add(1) == 1 && b.opts.heartbeat > 0 {
 		if b.beatTimer == nil {
-			b.beatTimer = time.AfterFunc(b.opts.heartbeat, b.tick)
+			b.beatTimer = time.AfterFunc(b.tickEvery(), b.tick)
 		} else {
-			b.beatTimer.Reset(b.opts.heartbeat)
+			b.beatTimer.Reset(b.tickEvery())
 		}
 	}
 
-	c = &client{reader: reader{cursors: make([]cursor, len(g.topics))}, g: g, beats: b.beats.Load(), breaks: b.breaks.Load()}
+	c = &client{reader: reader{cursors: make([]cursor, len(g.topics))}, g: g, beats: g.beats.Load(), breaks: b.breaks.Load()}
 	place := func(i int, pos uint64) {
 		t := g.topics[i]
 		c.cursors[i] = cursor{t: t, c: t.chunk(pos), pos: pos}

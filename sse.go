@@ -87,19 +87,24 @@
 //
 // # Heartbeats and close detection
 //
-// A client that has been sent nothing for a while gets a comment line every one to two
-// heartbeat intervals ([WithHeartbeat], 15s), which keeps proxies from closing the stream and reveals a client that vanished
-// without closing its connection. A client that closes its connection is noticed at once
-// through the request's context, and any failed write or flush ends its stream.
+// A stream that has been sent nothing for a heartbeat interval ([WithHeartbeat], 15s) gets a
+// comment line, so that no stream goes 1.25 intervals without a byte: a proxy whose read
+// timeout is that or more never cuts an idle stream. Heartbeats also reveal a client that
+// vanished without closing its connection. A client that closes its connection is noticed at
+// once through the request's context, and any failed write or flush ends its stream.
 //
 // # Why streams end
 //
 // [Broker.ServeEvents] returns why a stream ended: nil when the client went away,
 // [ErrSlowClient] when it was disconnected for falling behind or stalling a write, [ErrClosed]
 // at shutdown, [ErrTooManyClients] when it was turned away, [ErrEventsLost] when the log the
-// broker follows broke ([Broker.Append]). With [WithLogger], the broker also logs each end
-// with its reason, topics, duration and number of events: a client leaving or a shutdown at
-// level Debug, a slow or refused client, or one cut by a break in the log, at Warn.
+// broker follows broke ([Broker.Append]), the cause when the request's context ended for
+// another (a middleware's deadline). With [WithLogger], the broker also logs each end with its
+// reason, topics, duration and number of events: a client leaving, a shutdown or a break in
+// the log at level Debug (the break itself once, at Warn), a slow or refused client, or a
+// context that ended for another cause, at Warn. [WithStreamEnd] calls a function of yours
+// with the request's context and the reason, once for every stream: the moment to mark a
+// client gone, for a list of who is connected, whichever goroutine serves the stream.
 //
 //	b := sse.NewBroker(sse.WithLogger(slog.Default()))
 //
@@ -120,7 +125,10 @@
 // Streams are served to GET requests only (others get 405), with Content-Type
 // text/event-stream, Cache-Control no-cache and X-Accel-Buffering no (which stops nginx from
 // buffering), over HTTP/1.1 and HTTP/2 alike. Middleware that wraps the ResponseWriter must
-// offer Unwrap (see http.ResponseController) for flushes and write deadlines to reach it.
+// offer Unwrap (see http.ResponseController) for flushes and write deadlines to reach it: a
+// ResponseWriter that cannot flush is refused with a 500 that says so (its events would never
+// reach the client), and one that cannot set write deadlines is served, with a warning in the
+// log, once: the server's WriteTimeout then cuts its streams.
 //
 // # Reading streams
 //

@@ -2,6 +2,7 @@ package sse
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 )
@@ -20,6 +21,10 @@ type Stream struct {
 // the handler should return, if w cannot flush. Unlike a Broker, it accepts any method, for
 // clients that POST their question and read the answer as a stream.
 func NewStream(w http.ResponseWriter, r *http.Request) (*Stream, error) {
+	if err := checkFlush(w); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return nil, err
+	}
 	setHeaders(w.Header())
 	fw := newFlushWriter(w, r, defaultWriteTimeout)
 	// The handler may return long after its last Send: no deadline may be left for what
@@ -111,4 +116,40 @@ func (fw *flushWriter) write(frames ...[]byte) error {
 		}
 	}
 	return fw.rc.Flush()
+}
+
+// errNoFlush is why a stream is refused on a ResponseWriter that cannot flush: its events
+// would wait in a buffer, and most middleware that hides Flush ends the response at once,
+// which sends an EventSource into a reconnection loop without an event.
+var errNoFlush = fmt.Errorf("sse: the ResponseWriter cannot flush, so no event would reach the client "+
+	"(a middleware that wraps the ResponseWriter must offer Flush, or Unwrap as http.ResponseController asks): %w",
+	http.ErrNotSupported)
+
+// checkFlush returns errNoFlush if w cannot flush, found as http.ResponseController finds it,
+// without flushing: nothing is written yet, so the refusal can still be a 500.
+func checkFlush(w http.ResponseWriter) error {
+	for {
+		switch t := w.(type) {
+		case interface{ FlushError() error }, http.Flusher:
+			return nil
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return errNoFlush
+		}
+	}
+}
+
+// canSetDeadline reports whether http.ResponseController can set w's write deadline.
+func canSetDeadline(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case interface{ SetWriteDeadline(time.Time) error }:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return false
+		}
+	}
 }

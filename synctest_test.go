@@ -21,12 +21,29 @@ import (
 type recorder struct {
 	mu sync.Mutex
 	*httptest.ResponseRecorder
+	writes []time.Time // when each write came
 }
 
 func (r *recorder) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.writes = append(r.writes, time.Now())
 	return r.ResponseRecorder.Write(p)
+}
+
+// longestSilence returns the longest time between two writes, or from the last one to now.
+func (r *recorder) longestSilence() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var longest time.Duration
+	for i := 1; i <= len(r.writes); i++ {
+		end := time.Now()
+		if i < len(r.writes) {
+			end = r.writes[i]
+		}
+		longest = max(longest, end.Sub(r.writes[i-1]))
+	}
+	return longest
 }
 
 func (r *recorder) Flush() {}
@@ -57,34 +74,44 @@ func serve(b *Broker, lastID string) (*recorder, func()) {
 	return rec, func() { cancel(); <-done }
 }
 
+// TestHeartbeatTiming checks the heartbeat's promise: an idle stream never goes longer than
+// 1.25 intervals without a byte, whenever its client joined and whenever events came, and a
+// stream whose events come more often than that gets no heartbeat between them.
 func TestHeartbeatTiming(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const interval = 15 * time.Second
 		b := NewBroker(WithHeartbeat(interval))
-		rec, stop := serve(b, "")
-		defer stop()
-		synctest.Wait()
-		rec.take() // the preamble
-
-		steps := []struct {
-			publish bool
-			want    string // written at the end of the interval
-		}{
-			{false, ""},     // the preamble was written during this interval
-			{false, ":\n"},  // a whole interval idle
-			{false, ":\n"},  // and every interval after
-			{true, "event"}, // an event written during the interval: no heartbeat
-			{false, ":\n"},  // idle again for a whole interval
+		var recs []*recorder
+		for range 7 { // clients that join at different points of the ticks
+			rec, stop := serve(b, "")
+			defer stop()
+			recs = append(recs, rec)
+			time.Sleep(interval * 3 / 10)
 		}
-		for i, st := range steps {
-			if st.publish {
-				b.Publish(Event{Type: "event", Data: "x"})
+		time.Sleep(5 * interval) // idle
+		for _, gap := range []float64{0.3, 1.1, 0.05, 0.9, 1.3, 0.2, 2.5, 1.0} {
+			time.Sleep(time.Duration(gap * float64(interval)))
+			b.Publish(Event{Data: "x"})
+		}
+		time.Sleep(3 * interval)
+		synctest.Wait()
+		for i, rec := range recs {
+			if d := rec.longestSilence(); d > interval*5/4 {
+				t.Errorf("client %d: %v without a byte, at a heartbeat interval of %v", i, d, interval)
 			}
-			time.Sleep(interval)
-			synctest.Wait()
-			got := rec.take()
-			if st.want == "" && got != "" || st.want != "" && !strings.Contains(got, st.want) || st.want == ":\n" && got != ":\n" {
-				t.Errorf("interval %d: wrote %q, want %q", i, got, st.want)
+			rec.take()
+		}
+
+		// Events every 0.7 intervals: no heartbeat comes between them.
+		for range 10 {
+			time.Sleep(interval * 7 / 10)
+			b.Publish(Event{Data: "x"})
+		}
+		synctest.Wait()
+		for i, rec := range recs {
+			_, got, _ := strings.Cut(rec.take(), "data: x") // a heartbeat may come before the first
+			if strings.Contains(got, ":\n") {
+				t.Errorf("client %d: a heartbeat between events 0.7 intervals apart: %q", i, got)
 			}
 		}
 		b.Shutdown(context.Background())

@@ -601,10 +601,13 @@ func TestAppendWakesAfterUnlock(t *testing.T) {
 func TestTickWakesAfterUnlock(t *testing.T) {
 	b := NewBroker(WithHeartbeat(time.Hour))
 	defer b.Shutdown(context.Background())
-	wakesAfterUnlock(t, b, b.tick)
+	wakesAfterUnlock(t, b, func() {
+		b.ticks.Add(ticksPerBeat - 1) // every group is due for a heartbeat at the next tick
+		b.tick()
+	})
 }
 
-// TestTickWakeNotLost checks that a heartbeat tick that comes while a client is between looking for
+// TestTickWakeNotLost checks that a heartbeat that comes while a client is between looking for
 // events and waiting must not be lost to it: the client sees the new beat count within a
 // bound, with nothing published after the tick. Many other groups make the tick long.
 func TestTickWakeNotLost(t *testing.T) {
@@ -622,19 +625,23 @@ func TestTickWakeNotLost(t *testing.T) {
 	done := make(chan struct{})
 	go func() { // the client's loop, as Broker.stream's
 		defer close(done)
+		var w <-chan struct{}
 		for {
-			frames, w, _ := c.next(b)
-			if len(frames) > 0 {
+			out, _ := c.next(b)
+			if len(out) > 0 {
+				seen.Store(c.beats)
+				w = nil
+				continue
+			}
+			if w == nil {
+				w = c.g.waiter()
 				continue
 			}
 			select {
 			case <-w:
+				w = nil
 			case <-stop:
 				return
-			}
-			if n := b.beats.Load(); n != c.beats {
-				c.beats = n
-				seen.Store(n)
 			}
 		}
 	}()
@@ -645,8 +652,10 @@ func TestTickWakeNotLost(t *testing.T) {
 		for range 1 + r.IntN(20) {
 			publish(t, b, "x", "a")
 		}
-		b.tick()
-		want := b.beats.Load()
+		for range ticksPerBeat { // the group is due for a heartbeat at the last
+			b.tick()
+		}
+		want := c.g.beats.Load()
 		waitWithin(t, 10*time.Second, fmt.Sprintf("the client to see tick %d (iteration %d)", want, i),
 			func() bool { return seen.Load() == want })
 	}
