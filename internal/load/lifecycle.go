@@ -163,7 +163,9 @@ func runChurn(ctx context.Context, s *server) row {
 	}
 	cpuStr := "-"
 	if n > 0 {
-		cpuStr = fmt.Sprintf("%.0f", float64(cpuEnd-cpu0)/1e3/float64(n))
+		cpu := float64(cpuEnd-cpu0) / 1e3 / float64(n)
+		cpuStr = fmt.Sprintf("%.0f", cpu)
+		r.set("cpu", cpu)
 	}
 	r.cells = []string{
 		fmt.Sprint(n), fmt.Sprintf("%.0f", float64(n)/wall.Seconds()), cpuStr,
@@ -259,6 +261,8 @@ func runClose(ctx context.Context, s *server) row {
 		return pct(l, 0.5) + " / " + pct(l, 1)
 	}
 	r.cells = []string{fmt.Sprint(len(all)), pct(all, 0.5), pct(all, 0.99), pct(all, 1), pair(fin), pair(rst)}
+	r.setPct("p50", all, 0.5)
+	r.setPct("p99", all, 0.99)
 	if len(polls) > 0 {
 		slices.Sort(polls)
 		r.notes = append(r.notes, fmt.Sprintf("one /stats poll took %.2f ms (median of %d), %.2f ms at most",

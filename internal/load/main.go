@@ -78,7 +78,7 @@ func main() {
 		if !ok {
 			log.Fatalf("unknown scenario %q", sc)
 		}
-		t := &table{title: s.title, header: s.header}
+		t := &table{title: s.title, header: s.header, compare: s.compare}
 		for _, lib := range libList {
 			if s.cluster != nil {
 				if lib != "sse" && lib != "sse-hijack" {

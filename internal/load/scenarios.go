@@ -19,7 +19,22 @@ type scenario struct {
 	cluster []clusterConfig // instead of run: one row per configuration, for sse and sse-hijack only
 	// skip says why lib cannot take part, or "" if it can. nil: every library can.
 	skip func(lib string) string
+	// compare names the row metrics printed under the table as ratios to sse's.
+	compare []metric
 }
+
+// A metric is one figure of a row, by key, that the ratios under a table compare.
+type metric struct{ key, label string }
+
+var (
+	deliveryCompare = []metric{{"cpu", "CPU per delivery"}, {"p99", "p99"}, {"rate", "deliveries/s"}}
+	idleCompare     = []metric{{"rss", "RSS per stream"}, {"mem", "heap+stack per stream"}}
+)
+
+// comparedWith is the library the ratios under a table are to, and compared those they are of.
+const comparedWith = "sse"
+
+var compared = []string{"sse-hijack", "floor"}
 
 // needsPublish is the skip of the scenarios that publish: the bare handlers cannot.
 func needsPublish(lib string) string {
@@ -44,6 +59,7 @@ func idleMax(n int, why string) scenario {
 		run: func(ctx context.Context, s *server) row {
 			return runIdle(ctx, s, n)
 		},
+		compare: idleCompare,
 	}
 }
 
@@ -54,7 +70,8 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runDelivery(ctx, s, 1000, 5000, 64, 0)
 		},
-		skip: needsPublish,
+		skip:    needsPublish,
+		compare: deliveryCompare,
 	},
 	"rate": {
 		title:  "rate: 1,000 clients, 1,000 events/s of 64 B for 5 s",
@@ -62,7 +79,8 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runDelivery(ctx, s, 1000, 5000, 64, 1000)
 		},
-		skip: needsPublish,
+		skip:    needsPublish,
+		compare: deliveryCompare,
 	},
 	"steady": {
 		title:  "steady: 1,000 clients, 50 events/s of 64 B for 10 s",
@@ -70,7 +88,8 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runDelivery(ctx, s, 1000, 500, 64, 50)
 		},
-		skip: needsPublish,
+		skip:    needsPublish,
+		compare: deliveryCompare,
 	},
 	"idle": {
 		title:  "idle: 10,000 connections that receive nothing",
@@ -78,6 +97,7 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runIdle(ctx, s, 10000)
 		},
+		compare: idleCompare,
 	},
 	// "idle-max" is set up by main, which knows the limit.
 	"churn": {
@@ -91,11 +111,13 @@ var scenarioByName = map[string]scenario{
 			}
 			return ""
 		},
+		compare: []metric{{"cpu", "CPU per connection"}},
 	},
 	"close": {
-		title:  "close: 100 trials, each one client that connects and closes (FIN and reset in turn), until the server counts one client less",
-		header: []string{"library", "trials", "p50 ms", "p99 ms", "max ms", "FIN p50 / max ms", "reset p50 / max ms", "notes"},
-		run:    runClose,
+		title:   "close: 100 trials, each one client that connects and closes (FIN and reset in turn), until the server counts one client less",
+		header:  []string{"library", "trials", "p50 ms", "p99 ms", "max ms", "FIN p50 / max ms", "reset p50 / max ms", "notes"},
+		run:     runClose,
+		compare: []metric{{"p50", "p50"}, {"p99", "p99"}},
 	},
 	"cluster": {
 		title: "cluster: 3 processes, each a redisbroker node on one namespace of one local redis-server, " +
@@ -124,16 +146,25 @@ var deliveryHeader = []string{"library", "delivered/expected", "deliveries/s", "
 
 // row is one library's result in a scenario's table.
 type row struct {
-	lib    string
-	config string
-	cells  []string // all columns but the library and the notes
-	notes  []string
+	lib     string
+	config  string
+	cells   []string // all columns but the library and the notes
+	notes   []string
+	metrics map[string]float64 // figures the ratios under the table compare, by metric key
+}
+
+func (r *row) set(key string, v float64) {
+	if r.metrics == nil {
+		r.metrics = make(map[string]float64)
+	}
+	r.metrics[key] = v
 }
 
 type table struct {
-	title  string
-	header []string
-	rows   []row
+	title   string
+	header  []string
+	rows    []row
+	compare []metric
 }
 
 func (t *table) add(r row) { t.rows = append(t.rows, r) }
@@ -184,6 +215,47 @@ func (t *table) print(w io.Writer) {
 	line(sep)
 	for _, cells := range rows[1:] {
 		line(cells)
+	}
+	t.printRatios(w)
+}
+
+// printRatios writes, under the table, the compared libraries' metrics as ratios to those
+// of comparedWith in the same run, where both rows have them.
+func (t *table) printRatios(w io.Writer) {
+	var base *row
+	for i := range t.rows {
+		if t.rows[i].lib == comparedWith {
+			base = &t.rows[i]
+		}
+	}
+	if base == nil || len(t.compare) == 0 {
+		return
+	}
+	first := true
+	for _, r := range t.rows {
+		if !slices.Contains(compared, r.lib) {
+			continue
+		}
+		var parts []string
+		for _, m := range t.compare {
+			a, okA := r.metrics[m.key]
+			b, okB := base.metrics[m.key]
+			if okA && okB && b > 0 {
+				f := "%s %.2f×"
+				if a/b < 0.1 {
+					f = "%s %.3f×"
+				}
+				parts = append(parts, fmt.Sprintf(f, m.label, a/b))
+			}
+		}
+		if len(parts) == 0 {
+			continue
+		}
+		if first {
+			fmt.Fprintln(w)
+			first = false
+		}
+		fmt.Fprintf(w, "%s ÷ %s, same run: %s\n", r.lib, comparedWith, strings.Join(parts, ", "))
 	}
 }
 
@@ -324,6 +396,13 @@ func pct(sorted []uint32, p float64) string {
 
 func ms(us uint32) string { return fmt.Sprintf("%.1f", float64(us)/1e3) }
 
+// setPct sets metric key of r to the p-th fraction of sorted, in ms, if there is one.
+func (r *row) setPct(key string, sorted []uint32, p float64) {
+	if len(sorted) > 0 {
+		r.set(key, float64(sorted[min(int(p*float64(len(sorted))), len(sorted)-1)])/1e3)
+	}
+}
+
 func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 
 // runDelivery is fanout and rate: clients receive n events of size bytes published at rate
@@ -344,7 +423,13 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 
 	cpuStr := "-"
 	if d.got > 0 {
-		cpuStr = fmt.Sprintf("%.2f", d.cpu[0].Seconds()/float64(d.got)*1e6)
+		cpu := d.cpu[0].Seconds() / float64(d.got) * 1e6
+		cpuStr = fmt.Sprintf("%.2f", cpu)
+		r.set("cpu", cpu)
+	}
+	r.setPct("p99", d.lat, 0.99)
+	if d.got > 0 && d.end > d.start {
+		r.set("rate", float64(d.got)/(float64(d.end-d.start)/1e9))
 	}
 	r.cells = []string{
 		fmt.Sprintf("%d/%d", d.got, d.want), d.rate(), d.publishTime(), cpuStr,
@@ -544,6 +629,8 @@ func runIdle(ctx context.Context, s *server, n int) row {
 	}
 	dRSS := rss1 - rss0
 	dMem := int64(st1.HeapInuse+st1.StackInuse) - int64(st0.HeapInuse+st0.StackInuse)
+	r.set("rss", float64(dRSS)/float64(n))
+	r.set("mem", float64(dMem)/float64(n))
 	r.cells = []string{
 		fmt.Sprint(st1.Streams), mib(dRSS),
 		fmt.Sprintf("%.2f", float64(dRSS)/float64(n)/1024),
@@ -553,7 +640,7 @@ func runIdle(ctx context.Context, s *server, n int) row {
 	perConn := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / float64(n) / 1024 }
 	r.notes = append(r.notes, fmt.Sprintf("KiB/conn: heap %.2f, stacks %.2f, all runtime memory %.2f",
 		perConn(st0.HeapInuse, st1.HeapInuse), perConn(st0.StackInuse, st1.StackInuse), perConn(st0.RuntimeSys, st1.RuntimeSys)))
-	if st1.Handlers != st1.Streams {
+	if st1.Handlers > 0 && st1.Handlers != st1.Streams {
 		// A library that takes streams over from net/http should leave no handler running;
 		// one that does is serving those streams in its handlers after all.
 		r.notes = append(r.notes, fmt.Sprintf("%d /events handlers still running", st1.Handlers))
