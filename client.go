@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -17,6 +18,12 @@ import (
 // Client reads an event stream over HTTP as a browser's EventSource does: it reconnects when
 // the connection drops or the response ends, resuming with the Last-Event-ID header, and gives
 // up only when the server says so or the request's context ends.
+//
+// Unlike EventSource, which gives up on any status but 200, a Client also rides out the
+// answers of an overloaded server or of a proxy whose backend is down or restarting: 429 Too
+// Many Requests, 502 Bad Gateway, 503 Service Unavailable and 504 Gateway Timeout make it
+// reconnect, as a dropped connection does, honouring a Retry-After header (see
+// [Client.Events]). Any other status stays final.
 //
 // A Client runs in the goroutine that ranges over [Client.Events] and starts none of its own,
 // but for a timer's, which ends a wait for the body of a response that is not an event stream.
@@ -41,9 +48,10 @@ type Client struct {
 	MaxEventSize int
 
 	// OnReconnect, if set, is called before each wait to reconnect, in the goroutine that
-	// ranges over Events, with the reason (io.EOF if the server ended the response, the error
-	// of the attempt or of the connection otherwise) and how long the Client will wait. It may
-	// log, or cancel the request's context to give up.
+	// ranges over Events, with the reason (io.EOF if the server ended the response, a
+	// [*ResponseError] for a 429, 502, 503 or 504 answer, the error of the attempt or of the
+	// connection otherwise) and how long the Client will wait. It may log, or cancel the
+	// request's context to give up.
 	OnReconnect func(err error, wait time.Duration)
 }
 
@@ -55,6 +63,11 @@ const (
 	// stream served with the wrong Content-Type), and EventSource fails it at once.
 	maxErrorBody  = 4 << 10
 	errorBodyWait = time.Second
+	// maxRetryAfter bounds the wait a Retry-After header can impose, unless MaxBackoff is
+	// longer: a server or proxy that asks for hours (or names a date years ahead, by mistake
+	// or not) must not silence a follower for that long, while a rate limit's or a
+	// maintenance's minutes are honoured.
+	maxRetryAfter = 5 * time.Minute
 )
 
 // Events returns an iterator over the events of the stream req asks for. It sends req with
@@ -74,10 +87,20 @@ const (
 // the one-off answer to a POST, as an LLM API's is, is better read once with
 // [Read](resp.Body).
 //
+// A 429, 502, 503 or 504 response counts as such a failed attempt: it is a server asking
+// for time, or a proxy in front of one that is down or restarting, and the stream is still
+// there to resume once it is back. If the response has a Retry-After header (seconds, or an
+// HTTP date, which is measured from the response's Date header when it has one), Events
+// waits at least that long, plus a random part of up to the reconnection time so that the
+// clients a server turned away together do not return together; Retry-After counts for at
+// most 5 minutes, or c.MaxBackoff if that is longer. Events reads at most 4 KiB of such a
+// response's body, for at most a second, before it closes it, and passes it to
+// c.OnReconnect as a [*ResponseError].
+//
 // The iteration ends:
 //   - quietly, on a 204 No Content response: the server says not to come back;
 //   - with a [*ResponseError], on any other response that is not 200 with a
-//     text/event-stream Content-Type;
+//     text/event-stream Content-Type, but for 429, 502, 503 and 504, which are retried;
 //   - with an error wrapping [ErrEventTooLarge], on an event over c.MaxEventSize;
 //   - with req.Context().Err(), once that context is done;
 //   - when the loop breaks, which closes the response.
@@ -137,6 +160,12 @@ func (s *session) run(yield func(Event, error) bool) error {
 		}
 		s.failures++
 		s.wait = s.backoff()
+		var re *ResponseError
+		if errors.As(err, &re) {
+			if d, ok := retryAfter(re.Header, time.Now()); ok {
+				s.wait = s.honour(d)
+			}
+		}
 		if s.c.OnReconnect != nil {
 			s.c.OnReconnect(err, s.wait)
 		}
@@ -202,9 +231,67 @@ func (s *session) connect(attempt int) (*http.Response, error) {
 	if !isEventStream(resp) {
 		err := newResponseError(resp)
 		resp.Body.Close()
+		if transient(resp.StatusCode) {
+			return nil, err
+		}
 		return nil, &finalError{err}
 	}
 	return resp, nil
+}
+
+// transient reports whether a response with the given status is worth another attempt: the
+// server is overloaded or rate-limiting (429, 503), or a gateway cannot reach it (502, 504),
+// as happens while it restarts behind a proxy.
+func transient(status int) bool {
+	switch status {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// retryAfter returns the wait a response's Retry-After header asks for (RFC 9110 §10.2.3:
+// a number of seconds, or an HTTP date), and reports whether it has a valid one. A date is
+// measured from the response's Date header if it is valid, so that the server's clock and
+// ours need not agree, and else from now; a date past gives 0.
+func retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0, false
+	}
+	if v[0] >= '0' && v[0] <= '9' {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			// Digits too many for a uint64 still ask for more than any bound.
+			if errors.Is(err, strconv.ErrRange) {
+				return time.Duration(math.MaxInt64), true
+			}
+			return 0, false
+		}
+		if n > uint64(math.MaxInt64/int64(time.Second)) {
+			return time.Duration(math.MaxInt64), true
+		}
+		return time.Duration(n) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	if date, err := http.ParseTime(h.Get("Date")); err == nil {
+		now = date
+	}
+	return max(t.Sub(now), 0), true
+}
+
+// honour returns the wait before the next attempt when the server asked for d with
+// Retry-After: the backoff already chosen, if it is longer, else d, bounded, and a random
+// part of up to the reconnection time.
+func (s *session) honour(d time.Duration) time.Duration {
+	d = min(d, max(maxRetryAfter, s.c.maxBackoff()))
+	if d <= s.wait {
+		return s.wait
+	}
+	return d + rand.N(s.retry+1)
 }
 
 // headerValue returns the first value of h's header key, however the request spelt the key.
@@ -318,7 +405,9 @@ func (c *Client) maxBackoff() time.Duration {
 // ResponseError is the error Client.Events ends with when the server answers with something
 // other than an event stream: a status other than 200 (and 204, which ends the iteration
 // quietly), or a Content-Type other than text/event-stream. EventSource never reconnects after
-// such a response, and neither does the Client: a request the server refuses is refused again.
+// such a response, and neither does the Client, but for a 429, 502, 503 or 504 answer, which
+// asks for time rather than refuses: it reconnects, and passes the ResponseError to
+// Client.OnReconnect.
 type ResponseError struct {
 	StatusCode  int
 	ContentType string      // the Content-Type header

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"sse/internal/ssetest"
@@ -318,7 +322,7 @@ func TestEventsResponseError(t *testing.T) {
 		{"200 HTML", 200, "text/html", "<html></html>", false},
 		{"200 no type", 200, "", "data: x\n\n", false},
 		{"201 event stream", 201, "text/event-stream", "data: x\n\n", false},
-		{"long body", 503, "text/plain", long, false},
+		{"long body", 400, "text/plain", long, false},
 		{"type with parameters", 200, "text/event-stream; charset=utf-8", "data: x\n\n", true},
 		{"type in capitals", 200, "Text/Event-Stream", "data: x\n\n", true},
 		{"type with a bad parameter", 200, "text/event-stream; charset", "data: x\n\n", true},
@@ -720,5 +724,332 @@ func TestClientNoEventAfterCancel(t *testing.T) {
 	}
 	if len(got) != 1 || !errors.Is(last, context.Canceled) {
 		t.Errorf("got %q, then %v; want one event, then context.Canceled", got, last)
+	}
+}
+
+// TestEventsTransientStatus cuts a Client's stream and has the server answer 429, 502, 503 or
+// 504 twice, as a proxy does while the backend restarts: the Client rides it out, reports each
+// answer to OnReconnect as a *ResponseError with its status, and resumes by Last-Event-ID with
+// every event published meanwhile.
+func TestEventsTransientStatus(t *testing.T) {
+	for _, status := range []int{http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			run(t, func(t *testing.T, m mode) {
+				b := NewBroker(WithRetry(time.Millisecond))
+				var down atomic.Int32 // how many more requests get the status
+				s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if down.Add(-1) >= 0 {
+						w.Header().Set("Content-Type", "text/html")
+						w.WriteHeader(status)
+						io.WriteString(w, "<html>the backend is away</html>")
+						return
+					}
+					b.ServeEvents(w, r)
+				}))
+				c := testClient(s.Server)
+				var reasons []error
+				var waits []time.Duration
+				c.OnReconnect = func(err error, wait time.Duration) {
+					reasons = append(reasons, err)
+					waits = append(waits, wait)
+				}
+				goWhen(t, func() bool { return b.Stats().Clients == 1 }, func() { publishAll(t, b, "1") })
+				var got []string
+				for ev, err := range c.Events(get(t, s.URL)) {
+					if err != nil {
+						t.Fatalf("after %q: %v", got, err)
+					}
+					got = append(got, ev.Data)
+					if len(got) == 1 {
+						down.Store(2)
+						s.CloseClientConnections()
+						// The Client runs in this goroutine: these are published while it is away.
+						publishAll(t, b, "2", "3")
+					}
+					if len(got) == 3 {
+						break
+					}
+				}
+				if want := "1,2,3"; strings.Join(got, ",") != want {
+					t.Errorf("received %q, want %s", got, want)
+				}
+				if len(reasons) != 3 {
+					t.Fatalf("OnReconnect saw %v, want the cut, then the status twice", reasons)
+				}
+				for i, err := range reasons[1:] {
+					var re *ResponseError
+					if !errors.As(err, &re) || re.StatusCode != status || string(re.Body) != "<html>the backend is away</html>" {
+						t.Errorf("reconnection %d: %v, want a *ResponseError with status %d and the body", i+1, err, status)
+					}
+				}
+				// Each answer is one more failed attempt after the cut, and the waits back off
+				// from the retry (1 ms): twice it, then four times, each less up to a half.
+				ms := time.Millisecond
+				if waits[0] != ms || waits[1] < ms || waits[1] > 2*ms || waits[2] < 2*ms || waits[2] > 4*ms {
+					t.Errorf("waits %v, want 1ms, then 1 to 2ms, then 2 to 4ms", waits)
+				}
+				if st := b.Stats(); st.Replays != 1 || st.UnknownReplays != 0 {
+					t.Errorf("broker counts %d replays, %d unknown; want 1, 0", st.Replays, st.UnknownReplays)
+				}
+			})
+		})
+	}
+}
+
+// TestEventsRetryAfter has the server answer 429 with Retry-After: 1 once: the Client sends
+// its next request no sooner than a second later.
+func TestEventsRetryAfter(t *testing.T) {
+	var mu sync.Mutex
+	var times []time.Time
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		times = append(times, time.Now())
+		n := len(times)
+		mu.Unlock()
+		switch n {
+		case 1:
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+		case 2:
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "data: x\n\n")
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer ts.Close()
+	c := testClient(ts)
+	var waits []time.Duration
+	var reasons []error
+	c.OnReconnect = func(err error, wait time.Duration) {
+		reasons = append(reasons, err)
+		waits = append(waits, wait)
+	}
+	data, _, err := collect(c, get(t, ts.URL))
+	if err != nil || strings.Join(data, ",") != "x" {
+		t.Fatalf("events %q, %v; want x, then the end", data, err)
+	}
+	var re *ResponseError
+	if len(reasons) != 2 || !errors.As(reasons[0], &re) || re.StatusCode != http.StatusTooManyRequests || re.Header.Get("Retry-After") != "1" {
+		t.Fatalf("OnReconnect saw %v, want the 429 first", reasons)
+	}
+	// Retry-After's second, plus a random part of up to the reconnection time (1 ms).
+	if waits[0] < time.Second || waits[0] > time.Second+time.Millisecond {
+		t.Errorf("waited %v after the 429, want 1s to 1.001s", waits[0])
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if gap := times[1].Sub(times[0]); gap < time.Second {
+		t.Errorf("the next request came %v after the 429, want at least 1s", gap)
+	}
+}
+
+// TestEventsRetryAfterTiming checks the wait a Retry-After imposes, on a fake clock: a real
+// net/http server and client, in a synctest bubble, over in-memory connections (a socket
+// would keep the bubble from ever being idle, and its clock from advancing).
+func TestEventsRetryAfterTiming(t *testing.T) {
+	const retry = time.Second // the Client's reconnection time, and the spread over Retry-After
+	tests := []struct {
+		name       string
+		status     int
+		retryAfter string        // the header; "+90s" is a date 90 s after the response's Date
+		noDate     bool          // the response has no Date header
+		maxBackoff time.Duration // the Client's MaxBackoff
+		lo, hi     time.Duration // the wait before the next attempt
+	}{
+		{"seconds", 429, "120", false, 0, 120 * time.Second, 121 * time.Second},
+		{"seconds on 503", 503, "7", false, 0, 7 * time.Second, 8 * time.Second},
+		{"seconds on 502", 502, "7", false, 0, 7 * time.Second, 8 * time.Second},
+		{"date", 429, "+90s", false, 0, 90 * time.Second, 91 * time.Second},
+		{"date, no Date header", 503, "+90s", true, 0, 90 * time.Second, 91 * time.Second},
+		{"date past", 429, "-90s", false, 0, retry, retry},
+		{"zero", 429, "0", false, 0, retry, retry},
+		{"invalid", 429, "soon", false, 0, retry, retry},
+		{"negative", 429, "-5", false, 0, retry, retry},
+		{"none", 503, "", false, 0, retry, retry},
+		{"a day, bounded", 503, "86400", false, 0, maxRetryAfter, maxRetryAfter + retry},
+		{"too many digits, bounded", 429, "99999999999999999999999", false, 0, maxRetryAfter, maxRetryAfter + retry},
+		{"bounded by a longer MaxBackoff", 429, "86400", false, time.Hour, time.Hour, time.Hour + retry},
+		{"a year ahead, bounded", 429, "+8760h", false, 0, maxRetryAfter, maxRetryAfter + retry},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var times []time.Time // guarded by the Client's waiting for each response
+				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					times = append(times, time.Now())
+					switch len(times) {
+					case 1:
+						if tt.noDate {
+							w.Header()["Date"] = nil // net/http sends none
+						}
+						if d, ok := strings.CutPrefix(tt.retryAfter, "+"); ok {
+							d, _ := time.ParseDuration(d)
+							w.Header().Set("Retry-After", time.Now().Add(d).UTC().Format(http.TimeFormat))
+						} else if d, ok := strings.CutPrefix(tt.retryAfter, "-"); ok && strings.HasSuffix(d, "s") {
+							d, _ := time.ParseDuration(d)
+							w.Header().Set("Retry-After", time.Now().Add(-d).UTC().Format(http.TimeFormat))
+						} else if tt.retryAfter != "" {
+							w.Header().Set("Retry-After", tt.retryAfter)
+						}
+						http.Error(w, "come back later", tt.status)
+					case 2:
+						w.Header().Set("Content-Type", "text/event-stream")
+						io.WriteString(w, "data: x\n\n")
+					default:
+						w.WriteHeader(http.StatusNoContent)
+					}
+				})}
+				c := &Client{HTTPClient: pipeServer(t, srv), Retry: retry, MaxBackoff: tt.maxBackoff}
+				var waits []time.Duration
+				c.OnReconnect = func(err error, wait time.Duration) { waits = append(waits, wait) }
+				req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://pipe/events", nil)
+				data, _, err := collect(c, req)
+				if err != nil || strings.Join(data, ",") != "x" {
+					t.Fatalf("events %q, %v; want x, then the end", data, err)
+				}
+				if len(waits) != 2 || len(times) != 3 {
+					t.Fatalf("waits %v over %d requests, want 2 over 3", waits, len(times))
+				}
+				if waits[0] < tt.lo || waits[0] > tt.hi {
+					t.Errorf("waits %v after the %d, want %v to %v", waits[0], tt.status, tt.lo, tt.hi)
+				}
+				if gap := times[1].Sub(times[0]); gap != waits[0] {
+					t.Errorf("the next request came %v after the %d; the Client said it would wait %v", gap, tt.status, waits[0])
+				}
+			})
+		})
+	}
+}
+
+// TestEventsTransientOpenBody has the server answer 503 with a body that never ends: the
+// Client stops reading it after errorBodyWait, and reconnects.
+func TestEventsTransientOpenBody(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var times []time.Time // guarded by the Client's waiting for each response
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			times = append(times, time.Now())
+			switch len(times) {
+			case 1:
+				w.WriteHeader(http.StatusServiceUnavailable)
+				io.WriteString(w, "starting")
+				http.NewResponseController(w).Flush()
+				<-r.Context().Done()
+			case 2:
+				w.Header().Set("Content-Type", "text/event-stream")
+				io.WriteString(w, "data: x\n\n")
+			default:
+				w.WriteHeader(http.StatusNoContent)
+			}
+		})}
+		c := &Client{HTTPClient: pipeServer(t, srv), Retry: time.Second}
+		var reasons []error
+		c.OnReconnect = func(err error, wait time.Duration) { reasons = append(reasons, err) }
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://pipe/events", nil)
+		data, _, err := collect(c, req)
+		if err != nil || strings.Join(data, ",") != "x" {
+			t.Fatalf("events %q, %v; want x, then the end", data, err)
+		}
+		var re *ResponseError
+		if len(reasons) == 0 || !errors.As(reasons[0], &re) || re.StatusCode != http.StatusServiceUnavailable || string(re.Body) != "starting" {
+			t.Fatalf("OnReconnect saw %v, want the 503 with what came of its body", reasons)
+		}
+		if gap, want := times[1].Sub(times[0]), errorBodyWait+time.Second; gap != want {
+			t.Errorf("the next request came %v after the 503, want %v: the body's wait, then the retry", gap, want)
+		}
+	})
+}
+
+// pipeServer serves srv, in the calling synctest bubble, over in-memory connections, and
+// returns a client for it. The server is closed with the test.
+func pipeServer(t *testing.T, srv *http.Server) *http.Client {
+	ln := newPipeListener()
+	go srv.Serve(ln)
+	// Without keep-alives no connection idles, reading, between the attempts.
+	tr := &http.Transport{DialContext: ln.dial, DisableKeepAlives: true}
+	t.Cleanup(func() {
+		tr.CloseIdleConnections()
+		srv.Close()
+	})
+	return &http.Client{Transport: tr}
+}
+
+// A pipeListener is a net.Listener whose connections are in-memory pipes, which a synctest
+// bubble can wait on, made by its dial.
+type pipeListener struct {
+	conns     chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "pipe"} }
+
+// dial connects to the listener, for http.Transport.DialContext.
+func (l *pipeListener) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	server, client := net.Pipe()
+	select {
+	case l.conns <- server:
+		return client, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	date := func(d time.Duration) string { return now.Add(d).Format(http.TimeFormat) }
+	tests := []struct {
+		retryAfter, date string
+		want             time.Duration
+		ok               bool
+	}{
+		{"", "", 0, false},
+		{"0", "", 0, true},
+		{"30", "", 30 * time.Second, true},
+		{" 30 ", "", 30 * time.Second, true},
+		{"1.5", "", 0, false},
+		{"-1", "", 0, false},
+		{"30s", "", 0, false},
+		{"9223372036854775807", "", math.MaxInt64, true},
+		{"99999999999999999999999", "", math.MaxInt64, true},
+		{date(time.Minute), "", time.Minute, true},
+		{date(-time.Minute), "", 0, true},
+		// Measured from the server's Date, not our clock, which is an hour behind it.
+		{date(time.Hour + time.Minute), date(time.Hour), time.Minute, true},
+		{date(time.Minute), "not a date", time.Minute, true},
+		{"Sunday, 06-Nov-94 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:00 GMT", 37 * time.Second, true}, // RFC 850
+		{"tomorrow", "", 0, false},
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.retryAfter != "" {
+			h.Set("Retry-After", tt.retryAfter)
+		}
+		if tt.date != "" {
+			h.Set("Date", tt.date)
+		}
+		if got, ok := retryAfter(h, now); got != tt.want || ok != tt.ok {
+			t.Errorf("retryAfter(Retry-After %q, Date %q) = %v, %v; want %v, %v", tt.retryAfter, tt.date, got, ok, tt.want, tt.ok)
+		}
 	}
 }

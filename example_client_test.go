@@ -2,11 +2,13 @@ package sse_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"sse"
@@ -104,4 +106,47 @@ func ExampleClient_Events() {
 	// price 101.5
 	// price 101.7
 	// price 101.6
+}
+
+// ExampleClient_Events_unavailable follows a feed behind a proxy whose backend is restarting:
+// the proxy answers 503, which the Client rides out, telling OnReconnect, where EventSource
+// would give up.
+func ExampleClient_Events_unavailable() {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests.Add(1) == 1 {
+			http.Error(w, "backend restarting", http.StatusServiceUnavailable)
+			return
+		}
+		stream, err := sse.NewStream(w, r)
+		if err != nil {
+			return
+		}
+		stream.Send(sse.Event{Type: "price", Data: "101.5"})
+	}))
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	c := &sse.Client{
+		Retry: 10 * time.Millisecond,
+		OnReconnect: func(err error, wait time.Duration) {
+			var re *sse.ResponseError
+			if errors.As(err, &re) {
+				fmt.Println("reconnecting after", re.StatusCode, http.StatusText(re.StatusCode))
+			}
+		},
+	}
+	for ev, err := range c.Events(req) {
+		if err != nil {
+			fmt.Println("error:", err)
+			return
+		}
+		fmt.Println(ev.Type, ev.Data)
+		break
+	}
+	// Output:
+	// reconnecting after 503 Service Unavailable
+	// price 101.5
 }

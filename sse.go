@@ -140,8 +140,9 @@
 //	for ev, err := range sse.Read(resp.Body) { ... }
 //
 // [Client.Events] follows a feed as EventSource does: it reconnects when the connection
-// drops, after the server's retry delay, resuming with Last-Event-ID, and stops on 204, on a
-// response that is not an event stream ([*ResponseError]) or when the request's context ends.
+// drops, after the server's retry delay, resuming with Last-Event-ID, rides out a proxy's
+// 502, 503 or 504 and a 429 (honouring Retry-After), and stops on 204, on any other response
+// that is not an event stream ([*ResponseError]) or when the request's context ends.
 // It runs in the goroutine that ranges over it, and starts none. Decoder is not safe for
 // concurrent use; Client is.
 //

@@ -29,10 +29,12 @@
 // by [WithBrokerOptions]. New reads what the log retains before it returns, so that a process
 // that starts resumes the IDs Redis still holds without sending MissedType. A client that
 // resumes from an ID another process has served before this one has read it waits for it, a
-// few seconds at most. While events keep coming, a Broker reads the log at most every 10 ms,
-// so that what came meanwhile goes to each client in one write: a busy log adds up to 10 ms
-// to each event's way, and saves the processes and Redis a read, a wake-up and a write per
-// client for each event. A namespace with no log yet gets one when the first process starts,
+// few seconds at most. A Broker reads the log in pages of about a MiB (or one entry, if
+// bigger), at New and whenever it has fallen behind, so that catching up holds about the
+// history's memory (sse.WithHistoryMemory), however big the log's entries are. While events
+// keep coming, a Broker reads the log at most every 10 ms, so that what came meanwhile goes
+// to each client in one write: a busy log adds up to 10 ms to each event's way, and saves the
+// processes and Redis a read, a wake-up and a write per client for each event. A namespace with no log yet gets one when the first process starts,
 // so that even its first clients get IDs of the log.
 //
 // # When Redis loses data or cannot be reached
@@ -52,7 +54,9 @@
 //
 // Broker is safe for concurrent use. Each Broker runs two goroutines of its own until
 // Shutdown: one reads the log, the other sends what Publish calls hand it to Redis, those that
-// arrive together in one round trip.
+// arrive together in one round trip. Given a *redis.Client, each goroutine talks to Redis
+// through a go-redis client of its own, made with that client's options, whose connections
+// New and Shutdown close when they must return while Redis does not answer (see New).
 package redisbroker
 
 import (
@@ -131,8 +135,9 @@ func withBlock(d time.Duration) Option {
 // serves its clients what it reads from it. Broker is safe for concurrent use.
 type Broker struct {
 	core    *sse.Broker
-	client  redis.UniversalClient
-	keys    []string // meta, log, and this process's pubKey
+	pub     redis.UniversalClient // what the publisher sends through: pubLink's client, or the caller's
+	pubLink *link                 // nil if the caller's client is not a *redis.Client
+	keys    []string              // meta, log, and this process's pubKey
 	cfg     config
 	r       *reader
 	stop    context.CancelFunc // stops the reader and the publisher
@@ -142,8 +147,9 @@ type Broker struct {
 	pubStopped chan struct{}    // closed when the publisher has returned
 	calls      int64            // the publisher's calls of publishScript so far; only it uses this
 
-	mu     sync.Mutex
-	closed bool // guarded by mu
+	mu        sync.Mutex
+	closed    bool // guarded by mu
+	closeOnce sync.Once
 }
 
 // maxNamespaceLen bounds a namespace, which is part of every key.
@@ -154,6 +160,15 @@ const maxNamespaceLen = 256
 // be reached, or ctx is done first, it returns an error and leaves nothing running. A
 // namespace is 1 to 256 bytes without '{' or '}'; processes that share a stream use the same
 // one.
+//
+// If client is a *redis.Client (as redis.NewClient and redis.NewFailoverClient return), the
+// Broker talks to Redis through two clients of its own made with its options (address,
+// credentials, TLS, dialer, retries), one to read the log and one to publish, so that it can
+// close their connections: New returns when ctx is done, and Shutdown at its context's
+// deadline, even while Redis hangs, and leave nothing of theirs running, whatever the client's
+// timeouts. Hooks added to client (AddHook) do not see the Broker's commands. Any other
+// client (a cluster client) is used as it is: New still returns when ctx is done, but a call
+// that Redis does not answer ends only at the client's timeouts.
 func New(ctx context.Context, client redis.UniversalClient, namespace string, opts ...Option) (*Broker, error) {
 	if namespace == "" || len(namespace) > maxNamespaceLen || strings.ContainsAny(namespace, "{}") {
 		return nil, fmt.Errorf("redisbroker: invalid namespace %q: want 1 to %d bytes without braces", namespace, maxNamespaceLen)
@@ -164,7 +179,7 @@ func New(ctx context.Context, client redis.UniversalClient, namespace string, op
 	}
 	b := &Broker{
 		core:       sse.NewBroker(cfg.brokerOpts...),
-		client:     client,
+		pub:        client,
 		keys:       append(keys(namespace), pubKey(namespace, newProcessName())),
 		cfg:        cfg,
 		stopped:    make(chan struct{}),
@@ -172,17 +187,45 @@ func New(ctx context.Context, client redis.UniversalClient, namespace string, op
 		pubStopped: make(chan struct{}),
 	}
 	b.r = &reader{
-		client: client,
-		core:   b.core,
-		meta:   b.keys[0],
-		log:    b.keys[1],
-		block:  cfg.block,
-		logger: cfg.logger,
-		lastID: "0-0",
+		client:    client,
+		core:      b.core,
+		meta:      b.keys[0],
+		log:       b.keys[1],
+		block:     cfg.block,
+		logger:    cfg.logger,
+		lastID:    "0-0",
+		liveCount: 1, // until the reader has seen entries
 	}
-	if err := b.r.catchUp(ctx); err != nil {
-		b.r.closeConn()
+	if c, ok := client.(*redis.Client); ok {
+		b.r.link, b.pubLink = newLink(c.Options()), newLink(c.Options())
+		b.r.client, b.pub = b.r.link.client, b.pubLink.client
+	}
+	var err error
+	if b.r.link != nil {
+		// go-redis ends a call at ctx's deadline only if the client's options say
+		// ContextTimeoutEnabled, and never when ctx is canceled: cut the link then.
+		cut := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			defer close(cut)
+			b.r.link.cut()
+		})
+		err = b.r.catchUp(ctx)
+		if !stop() {
+			<-cut
+			if err == nil {
+				err = ctx.Err() // the link is cut: the reader cannot go on with it
+			}
+		}
+	} else {
+		err = within(ctx, func() error { return b.r.catchUp(ctx) })
+	}
+	if err != nil {
+		b.closeLinks()
 		b.core.Shutdown(context.Background())
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			// What go-redis says of a call the link's cut or ctx's deadline ended.
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
 		return nil, fmt.Errorf("redisbroker: reading the log: %w", err)
 	}
 	rctx, stop := context.WithCancel(context.Background())
@@ -379,7 +422,11 @@ func (b *Broker) take(batch []*publishReq, req *publishReq) []*publishReq {
 
 // send adds the events of batch to the log, numbered in its order, and tells each its result.
 func (b *Broker) send(batch []*publishReq) {
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.publishTimeout)
+	parent := context.Background()
+	if b.pubLink != nil {
+		parent = b.pubLink.ctx // a call that Shutdown cuts short is not sent again
+	}
+	ctx, cancel := context.WithTimeout(parent, b.cfg.publishTimeout)
 	defer cancel()
 	n := 0
 	for _, req := range batch {
@@ -392,7 +439,7 @@ func (b *Broker) send(batch []*publishReq) {
 	// Run sends the script itself if Redis does not have it (it restarted, say).
 	life := max(pubKeyLife, 2*b.cfg.publishTimeout).Milliseconds()
 	b.calls++
-	res, err := publishScript.Run(ctx, b.client, b.keys, newEpoch(), b.cfg.maxLen, len(batch), b.calls, evs, life).Slice()
+	res, err := publishScript.Run(ctx, b.pub, b.keys, newEpoch(), b.cfg.maxLen, len(batch), b.calls, evs, life).Slice()
 	var epoch string
 	var last int64
 	if err == nil && len(res) == 2 {
@@ -410,10 +457,10 @@ func (b *Broker) send(batch []*publishReq) {
 	}
 }
 
-// within runs f and returns its error, or ctx's error if ctx is done first. A go-redis client
-// stops waiting for an answer at ctx's deadline only if its options say ContextTimeoutEnabled;
-// otherwise at its own ReadTimeout. The caller is not kept waiting either way: f goes on
-// alone, until the client gives up.
+// within runs f and returns its error, or ctx's error if ctx is done first: for a client that
+// has no link, which stops waiting for an answer at ctx's deadline only if its options say
+// ContextTimeoutEnabled, otherwise at its own ReadTimeout. The caller is not kept waiting
+// either way: f goes on alone, until the client gives up.
 func within(ctx context.Context, f func() error) error {
 	done := make(chan error, 1)
 	go func() { done <- f() }()
@@ -438,37 +485,58 @@ func newEpoch() string {
 }
 
 // Shutdown stops reading the log and ends every stream, as sse.Broker's Shutdown does; from
-// then on Publish returns sse.ErrClosed. It returns once the reader has stopped and every
-// stream has ended, or with ctx's error if ctx is done first. Shutdown is idempotent and safe
-// to call from any goroutine. It does not close the Redis client, which the caller owns. With
-// a client that cannot give the reader a connection of its own (a cluster client), a read
-// blocked in Redis ends only at its block time, a second at most. If Redis hangs (it holds its
-// connections but does not answer), nothing can end a read it has not answered: Shutdown then
-// returns at ctx's deadline, and the reader's goroutine ends when go-redis gives up on the
-// read (the block time plus its ReadTimeout).
+// then on Publish returns sse.ErrClosed. It returns once the reader and the publisher have
+// stopped and every stream has ended, or with ctx's error if ctx is done first. Shutdown is
+// idempotent and safe to call from any goroutine. It does not close the Redis client, which
+// the caller owns.
+//
+// With a *redis.Client, it closes the reader's connection at once, which ends a read blocked
+// in Redis or waiting for an answer that does not come; a publish on its way to Redis gets its
+// answer until ctx is done, when Shutdown closes the publisher's connection too: once it has
+// returned, even at ctx's deadline while Redis hangs, nothing of the Broker's runs. With
+// another client (a cluster client), a read blocked in Redis ends at its block time, a second
+// at most, and a call that Redis does not answer at the client's timeouts, which Shutdown
+// does not wait for past ctx's deadline.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
 	b.stop()
+	if b.r.link != nil {
+		b.r.link.cut()
+	}
 	err := b.core.Shutdown(ctx)
-	// A read blocked in Redis ends at its block time; CLIENT UNBLOCK ends it now. The reader
-	// may be about to block again when it is sent, so send it until the reader has returned.
-	for {
-		b.r.unblock(ctx, b.client)
+	select {
+	case <-b.pubStopped:
+	case <-ctx.Done():
+		if b.pubLink == nil {
+			return ctx.Err()
+		}
+		b.pubLink.cut()
+		<-b.pubStopped // at once: its call ended with its connection
+		err = ctx.Err()
+	}
+	if b.r.link == nil {
 		select {
 		case <-b.stopped:
-			select {
-			case <-b.pubStopped:
-				return err
-			case <-ctx.Done():
-				return ctx.Err()
-			}
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
 		}
+		return err
 	}
+	<-b.stopped // at once: its read ended with its connection
+	b.closeLinks()
+	return err
+}
+
+// closeLinks closes the Broker's links, once nothing uses them.
+func (b *Broker) closeLinks() {
+	b.closeOnce.Do(func() {
+		if b.r.link != nil {
+			b.r.link.close()
+			b.pubLink.close()
+		}
+	})
 }
 
 // errEntry is logged for an entry of the log that is not one Publish wrote.

@@ -108,6 +108,56 @@ end
 return {epoch, redis.call('HGET', KEYS[1], 'seq'), began}
 `)
 
+// sizeScript counts the entries of the log that follow an ID, up to a number of them and
+// about a number of bytes (of their IDs, field names and values); it counts an entry that
+// would pass the bytes only as the first, so that an entry of any size is read. KEYS: log.
+// ARGV: the ID, the most entries, the most bytes. It returns {how many, the ID of the last,
+// 1 if it stopped at the number or the bytes (more may follow) else 0}.
+//
+// No command of Redis bounds its answer by bytes, and entries hold from a few bytes to
+// maxBatch events of any size, so the reader asks for entries by the count this script
+// gives: a script that returned the entries themselves would cost Redis twice as much, to
+// convert them back from Lua. It looks at the log in steps of a few entries, so that those
+// it looks at past the bytes are few: a step doubles from one, up to 16, and shrinks to what
+// the rest of the bytes holds of entries as big as the biggest so far.
+var sizeScript = redis.NewScript(`
+local from = '(' .. ARGV[1]
+local most, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+local n, bytes, biggest, step, last = 0, 0, 1, 1, ''
+while true do
+	local got = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', step)
+	for _, e in ipairs(got) do
+		local size = #e[1]
+		for _, v in ipairs(e[2]) do
+			size = size + #v
+		end
+		if n > 0 and bytes + size > budget then
+			return {n, last, 1}
+		end
+		n, bytes, last = n + 1, bytes + size, e[1]
+		biggest = math.max(biggest, size)
+		if n == most then
+			return {n, last, 1}
+		end
+	end
+	if #got < step then
+		return {n, last, 0}
+	end
+	from = '(' .. last
+	step = math.max(1, math.min(2 * step, 16, most - n, math.floor((budget - bytes) / biggest)))
+end
+`)
+
+// entrySize returns the bytes of m as sizeScript counts them.
+func entrySize(m redis.XMessage) int {
+	n := len(m.ID)
+	for k, v := range m.Values {
+		s, _ := v.(string)
+		n += len(k) + len(s)
+	}
+	return n
+}
+
 // beginLua begins the scripts that may begin a log. runID returns the run ID of the Redis
 // that runs the script (false if it cannot tell: INFO may be denied), which changes each time
 // Redis starts. begin makes epoch the log's, with no events yet, and records which Redis
@@ -206,7 +256,9 @@ func decodeTopics(s string) ([]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: topics %q", errEntry, s)
 		}
-		topics = append(topics, t)
+		// A copy: the sse.Broker keeps the name of a topic it has not seen, and a part of
+		// the entry would keep the whole entry in memory.
+		topics = append(topics, strings.Clone(t))
 		s = rest
 	}
 	return topics, nil
@@ -281,7 +333,10 @@ func decodeEvent(le *logEvent, id, topics, typ, data, evID, retry string) error 
 	if le.topics, err = decodeTopics(topics); err != nil {
 		return err
 	}
-	le.ev = sse.Event{Type: typ, Data: data, ID: evID}
+	// The sse.Broker keeps an event's ID, even an empty one, whose pointer may be into the
+	// entry: a copy, so that the history does not keep every entry it holds an event of in
+	// memory too. (Type and Data it copies into the event's wire form.)
+	le.ev = sse.Event{Type: typ, Data: data, ID: strings.Clone(evID)}
 	if retry != "" {
 		ns, err := strconv.ParseInt(retry, 10, 64)
 		if err != nil {

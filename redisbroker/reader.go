@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,27 +16,41 @@ import (
 
 // A reader reads the log into a process's sse.Broker, in order, from one goroutine.
 type reader struct {
-	client    redis.UniversalClient
+	client    redis.UniversalClient // link's client, or the caller's if it has no link
+	link      *link                 // nil if the caller's client is not a *redis.Client
 	core      *sse.Broker
 	meta, log string
 	block     time.Duration
 	logger    *slog.Logger
 
 	// Only the reader's goroutine uses these (and New, before it starts).
-	conn    *redis.Conn // a connection of its own for blocking reads, when client is a *redis.Client
-	epoch   string      // the epoch of the log being read; "" until one is known
-	seq     uint64      // the number of the last event of epoch read
-	lastID  string      // the stream ID of the last entry read; "0-0" reads from the start
-	checked time.Time   // when the epoch was last looked at
-	failing bool        // the last attempt failed
-	busy    time.Time   // when the last read that returned entries began; zero if the last returned none
-
-	connID atomic.Int64 // the CLIENT ID of conn, or 0: what Shutdown unblocks
+	epoch   string    // the epoch of the log being read; "" until one is known
+	seq     uint64    // the number of the last event of epoch read
+	lastID  string    // the stream ID of the last entry read; "0-0" reads from the start
+	checked time.Time // when the epoch was last looked at
+	failing bool      // the last attempt failed
+	busy    time.Time // when the last read that returned entries began; zero if the last returned none
+	behind  bool      // entries may be waiting: the next read takes a page of them rather than block
+	// liveCount is how many entries the next read asks for when the reader is not behind:
+	// about pageBytes of entries as big as the biggest of the last read, up to maxLiveCount.
+	liveCount int
 }
 
 // pageSize is how many entries one read of the log returns at most; an entry holds the
 // events of one call of the publish script, up to maxBatch.
 const pageSize = 1000
+
+// pageBytes is about how many bytes of entries one read of the log returns at most (sizeScript
+// takes one entry more only if it is the first). Entries hold from a few bytes to maxBatch
+// events of any size, so a count alone bounds nothing: 1,000 entries of 128 events of 4 KiB
+// are 500 MiB. A page of pageBytes costs the process a few times that while it is read and
+// appended, little next to a history's memory (64 MiB by default), and a round trip, little
+// next to the time a MiB takes to go through.
+const pageBytes = 1 << 20
+
+// maxLiveCount is how many entries a read of a reader that keeps up with the log asks for at
+// most. A read that gets them all leaves the rest to reads by pages.
+const maxLiveCount = 8
 
 // readPace is the least time between the starts of two reads of the log while entries keep
 // coming: what comes meanwhile is read, appended and written to each client at once, so that
@@ -48,57 +62,14 @@ const pageSize = 1000
 // and about 50 ms with 10 ms.
 const readPace = 10 * time.Millisecond
 
-// cmd returns what the reader sends its commands through: its own connection if the client
-// can give it one, so that Shutdown can unblock its reads, and the client otherwise (a
-// cluster client), whose blocked reads end at their block time.
-func (r *reader) cmd(ctx context.Context) (redis.Cmdable, error) {
-	if r.conn != nil {
-		return r.conn, nil
-	}
-	c, ok := r.client.(*redis.Client)
-	if !ok {
-		return r.client, nil
-	}
-	conn := c.Conn()
-	id, err := conn.ClientID(ctx).Result()
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	r.conn = conn
-	r.connID.Store(id)
-	return conn, nil
-}
-
-// closeConn gives up the reader's connection, after an error or when it stops.
-func (r *reader) closeConn() {
-	if r.conn != nil {
-		r.connID.Store(0)
-		r.conn.Close()
-		r.conn = nil
-	}
-}
-
-// unblock ends the reader's blocked read, if it is in one; any goroutine may call it.
-func (r *reader) unblock(ctx context.Context, client redis.UniversalClient) {
-	if id := r.connID.Load(); id != 0 {
-		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-		within(ctx, func() error { return client.ClientUnblock(ctx, id).Err() })
-		cancel()
-	}
-}
-
 // catchUp reads what the log retains.
 func (r *reader) catchUp(ctx context.Context) error {
-	cmd, err := r.cmd(ctx)
-	if err != nil {
-		return err
-	}
+	cmd := r.client
 	if _, err := r.checkEpoch(ctx, cmd); err != nil {
 		return err
 	}
 	for begun := 0; ; {
-		n, err := r.read(ctx, cmd, -1)
+		n, _, err := r.readPage(ctx, cmd)
 		if err != nil {
 			return err
 		}
@@ -134,7 +105,6 @@ func (r *reader) catchUp(ctx context.Context) error {
 
 // run reads the log until ctx is done, retrying after errors.
 func (r *reader) run(ctx context.Context) {
-	defer r.closeConn()
 	var backoff time.Duration
 	for ctx.Err() == nil {
 		err := r.step(ctx)
@@ -153,7 +123,7 @@ func (r *reader) run(ctx context.Context) {
 			r.failing = true
 			r.logf(slog.LevelWarn, "cannot read the log; retrying", err)
 		}
-		r.closeConn()
+		r.behind = true // what came meanwhile is read in pages
 		backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
 		t := time.NewTimer(backoff)
 		select {
@@ -167,11 +137,8 @@ func (r *reader) run(ctx context.Context) {
 // step waits for entries for up to the block time and appends them, and looks at the epoch
 // when it has not for that long: a log begun anew whose stream IDs do not follow the old
 // one's is noticed so.
-func (r *reader) step(ctx context.Context) error {
-	cmd, err := r.cmd(ctx)
-	if err != nil {
-		return err
-	}
+func (r *reader) step(ctx context.Context) (err error) {
+	cmd := r.client
 	if time.Since(r.checked) >= r.block {
 		if _, err := r.checkEpoch(ctx, cmd); err != nil {
 			return err
@@ -189,9 +156,19 @@ func (r *reader) step(ctx context.Context) error {
 		}
 	}
 	began := time.Now()
-	n, err := r.read(ctx, cmd, r.block)
 	r.busy = time.Time{}
-	if n > 0 && n < pageSize {
+	var n int
+	var full bool
+	if r.behind {
+		n, full, err = r.readPage(ctx, cmd)
+	} else {
+		n, full, err = r.readLive(ctx, cmd)
+	}
+	// Once a read leaves entries behind, the next reads take them in pages, at once, until
+	// one takes what is left; then the reader waits for entries again, reading what came
+	// meanwhile every readPace at most.
+	r.behind = full // (and after an error: see run)
+	if n > 0 && !full {
 		r.busy = began
 	}
 	return err
@@ -288,62 +265,130 @@ func (r *reader) renew(ctx context.Context, cmd redis.Cmdable) (changed bool, er
 	return true, nil
 }
 
-// read reads up to a page of entries after lastID, waiting up to block for one (not at all if
-// block is negative), appends them and returns how many it read.
-func (r *reader) read(ctx context.Context, cmd redis.Cmdable, block time.Duration) (int, error) {
+// readLive waits up to the block time for entries after lastID, appends them, and returns
+// how many it read, and whether more may have been left: it read as many as it asked for, or
+// the log began anew and is to be read from its start. It asks for up to maxLiveCount entries,
+// fewer as those it read last were bigger, so that the entries of a log that came while the
+// reader appended the last ones take about pageBytes, unless they are much bigger than the
+// last ones; the reader reads a backlog in pages (readPage), which bound their bytes.
+func (r *reader) readLive(ctx context.Context, cmd redis.Cmdable) (n int, full bool, err error) {
 	streams, err := cmd.XRead(ctx, &redis.XReadArgs{
 		Streams: []string{r.log, r.lastID},
-		Count:   pageSize,
-		Block:   block,
+		Count:   int64(r.liveCount),
+		Block:   r.block,
 	}).Result()
 	if err == redis.Nil {
-		return 0, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	n := 0
+	asked := r.liveCount
 	for _, s := range streams {
 		n += len(s.Messages)
-		for _, m := range s.Messages {
-			e, err := decodeEntry(m)
-			if err != nil {
-				r.lastID = m.ID
-				r.logf(slog.LevelWarn, "skipping an entry", err)
-				continue
-			}
-			if e.epoch != r.epoch {
-				// Either the log began anew, or the entry is left from an older one.
-				changed, err := r.checkEpoch(ctx, cmd)
-				if err != nil {
-					return n, err
-				}
-				if changed {
-					return n, nil // read the new log from its start
-				}
-				r.lastID = m.ID
-				continue
-			}
-			if e.first <= r.seq {
-				// A number given twice: the log went back.
-				changed, err := r.renew(ctx, cmd)
-				if err != nil || changed {
-					return n, err
-				}
+		restarted, err := r.apply(ctx, cmd, s.Messages)
+		if err != nil || restarted {
+			return n, restarted, err
+		}
+	}
+	return n, n >= asked, nil
+}
+
+// readPage reads the entries after lastID without waiting, up to pageSize of them and about
+// pageBytes, appends them, and returns how many it read, and whether more may follow at once:
+// the page was full, or the log began anew and is to be read from its start. sizeScript
+// counts how many entries fit, so that Redis sends only those: a read of a count alone holds
+// anything from a few bytes to hundreds of MiB, which the process would hold at once.
+func (r *reader) readPage(ctx context.Context, cmd redis.Cmdable) (n int, full bool, err error) {
+	res, err := sizeScript.Run(ctx, cmd, []string{r.log}, r.lastID, pageSize, pageBytes).Slice()
+	if err != nil {
+		return 0, false, err
+	}
+	var count int64
+	var last string
+	if len(res) == 3 {
+		count, _ = res[0].(int64)
+		last, _ = res[1].(string)
+		more, _ := res[2].(int64)
+		full = more == 1
+	}
+	if count < 0 || (count > 0 && last == "") {
+		return 0, false, fmt.Errorf("unexpected reply %v", res)
+	}
+	if count == 0 {
+		return 0, false, nil
+	}
+	// Up to the last entry counted, so that what came since, which was not counted, is not
+	// read; entries that Redis trimmed since are missing, and the reader notices the gap.
+	msgs, err := cmd.XRangeN(ctx, r.log, "("+r.lastID, last, count).Result()
+	if err != nil {
+		return 0, false, err
+	}
+	restarted, err := r.apply(ctx, cmd, msgs)
+	return len(msgs), full || restarted, err
+}
+
+// apply appends the events of msgs, entries of the log that follow lastID, in order. It
+// reports true if it stopped short because the log began anew: the reader then reads it from
+// its start.
+func (r *reader) apply(ctx context.Context, cmd redis.Cmdable, msgs []redis.XMessage) (restarted bool, err error) {
+	biggest := 0
+	defer func() {
+		if biggest > 0 {
+			r.liveCount = min(max(pageBytes/biggest, 1), maxLiveCount)
+		}
+	}()
+	for _, m := range msgs {
+		biggest = max(biggest, entrySize(m))
+		e, err := decodeEntry(m)
+		if err != nil {
+			r.lastID = m.ID
+			r.logf(slog.LevelWarn, "skipping an entry", err)
+			continue
+		}
+		if e.epoch != r.epoch {
+			// Either the log began anew, or the entry is left from an older one.
+			changed, err := r.checkEpoch(ctx, cmd)
+			if err != nil || changed {
+				return changed, err // read the new log from its start
 			}
 			r.lastID = m.ID
-			for i, le := range e.evs {
-				r.seq = e.first + uint64(i)
-				// The only errors are ErrClosed, after Shutdown, and an event that Publish would
-				// have refused, which only another program can have written: its clients will
-				// get MissedType, since the numbers no longer follow.
-				if err := r.core.Append(e.epoch, r.seq, time.Time{}, le.ev, le.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
-					r.logf(slog.LevelWarn, "skipping an event", err)
-				}
+			continue
+		}
+		if e.first <= r.seq {
+			// A number given twice: the log went back.
+			changed, err := r.renew(ctx, cmd)
+			if err != nil || changed {
+				return changed, err
+			}
+		}
+		r.lastID = m.ID
+		published := entryTime(m.ID)
+		for i, le := range e.evs {
+			r.seq = e.first + uint64(i)
+			// The only errors are ErrClosed, after Shutdown, and an event that Publish would
+			// have refused, which only another program can have written: its clients will
+			// get MissedType, since the numbers no longer follow.
+			if err := r.core.Append(e.epoch, r.seq, published, le.ev, le.topics...); err != nil && !errors.Is(err, sse.ErrClosed) {
+				r.logf(slog.LevelWarn, "skipping an event", err)
 			}
 		}
 	}
-	return n, nil
+	return false, nil
+}
+
+// entryTime returns when Redis added the entry of stream ID id: its first part, in
+// milliseconds of Redis's clock. Every process reads the same time for an event, however
+// late it reads it, so that each drops it from its history (sse.WithHistoryAge) at the same
+// moment, and gives the same answer to a client that resumes from before it. It returns the
+// zero Time, which Append takes for now, for an ID not in that form.
+func entryTime(id string) time.Time {
+	ms, _, _ := strings.Cut(id, "-")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n)
 }
 
 func (r *reader) logf(level slog.Level, msg string, err error) {

@@ -8,6 +8,7 @@ import (
 	"image/draw"
 	"image/png"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,16 +19,54 @@ import (
 	"sse/internal/ssetest"
 )
 
-// screenshotPath is where TestChatBrowser writes the README's picture of the chat, when the
-// SSE_SCREENSHOT environment variable is set:
+// screenshotPath returns where TestChatBrowser writes its picture of the chat: the PNG file
+// that the SSE_SCREENSHOT environment variable names, from the repository's root unless the
+// path is absolute, or "" if it is unset. The README's picture is docs/chat.png, which only a
+// deliberate SSE_SCREENSHOT=docs/chat.png replaces:
 //
-//	SSE_SCREENSHOT=1 go test ./examples/chat -run TestChatBrowser -count=1
-const screenshotPath = "../../docs/chat.png"
+//	SSE_SCREENSHOT=/tmp/chat.png go test ./examples/chat -run TestChatBrowser -count=1
+func screenshotPath() (string, error) {
+	path := os.Getenv("SSE_SCREENSHOT")
+	switch {
+	case path == "":
+		return "", nil
+	case !strings.EqualFold(filepath.Ext(path), ".png"):
+		return "", fmt.Errorf("SSE_SCREENSHOT=%q: want the path of the PNG file to write, such as /tmp/chat.png", path)
+	case filepath.IsAbs(path):
+		return path, nil
+	}
+	// Tests run in the package's directory.
+	return filepath.Join("..", "..", path), nil
+}
+
+func TestScreenshotPath(t *testing.T) {
+	tests := []struct {
+		env, want string
+		err       bool
+	}{
+		{"", "", false},
+		{"/tmp/chat.png", "/tmp/chat.png", false},
+		{"docs/chat.png", filepath.Join("..", "..", "docs", "chat.png"), false},
+		{"1", "", true},
+		{"/tmp/chat", "", true},
+	}
+	for _, tt := range tests {
+		t.Setenv("SSE_SCREENSHOT", tt.env)
+		got, err := screenshotPath()
+		if got != tt.want || (err != nil) != tt.err {
+			t.Errorf("SSE_SCREENSHOT=%q: screenshotPath() = %q, %v; want %q, error %v", tt.env, got, err, tt.want, tt.err)
+		}
+	}
+}
 
 // TestChatBrowser opens the chat in two pages of one room, which talk; then it cuts one page's
 // connection, the other says more, and the first must show what was said while it was away,
 // once each, without a reload.
 func TestChatBrowser(t *testing.T) {
+	shot, err := screenshotPath()
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A short retry delay, for a quick reconnection; the proxy holds it until the test is ready.
 	ts := start(t, sse.WithRetry(100*time.Millisecond))
 	// Bob's page goes through a proxy, so that the test can cut its connection alone.
@@ -46,6 +85,9 @@ func TestChatBrowser(t *testing.T) {
 	talk := []string{intro, "ann: Hello, is anyone here?", "bob: Hi ann! <b>Tags</b> stay text."}
 	checkList(t, ann, talk)
 	checkList(t, bob, talk)
+	// Each page is listed under the name it said something with.
+	waitHere(ann, "ann, bob")
+	waitHere(bob, "ann, bob")
 
 	// A reload would reset this, and show none of the messages said before it.
 	bob.Eval("window.notReloaded = true", nil)
@@ -55,6 +97,7 @@ func TestChatBrowser(t *testing.T) {
 	proxy.Pause()
 	proxy.Cut()
 	waitState(bob, "reconnecting")
+	waitHere(ann, "ann") // the server saw bob's stream end
 	say(ann, "ann", "bob, are you there?")
 	say(ann, "ann", "Never mind, I'll wait.")
 	away := []string{"ann: bob, are you there?", "ann: Never mind, I'll wait."}
@@ -65,6 +108,8 @@ func TestChatBrowser(t *testing.T) {
 
 	proxy.Resume()
 	waitState(bob, "open")
+	// Back in the list, under the name it had.
+	waitHere(ann, "ann, bob")
 	say(bob, "bob", "Back! I saw both.")
 	// Had anything been shown twice, it would come before this last message.
 	back := "bob: Back! I saw both."
@@ -79,8 +124,8 @@ func TestChatBrowser(t *testing.T) {
 		t.Errorf("Stats().Replays = %d, want 1: the page should have resumed once, from its last message", s.Replays)
 	}
 
-	if os.Getenv("SSE_SCREENSHOT") != "" {
-		writeScreenshot(t, screenshotPath, ann.Screenshot(), bob.Screenshot())
+	if shot != "" {
+		writeScreenshot(t, shot, ann.Screenshot(), bob.Screenshot())
 	}
 }
 
@@ -91,6 +136,11 @@ func say(p *browser.Page, name, text string) {
 	p.Fill("#text", text)
 	p.Press("#text", "Enter")
 	p.Wait("the page to show its own message", fmt.Sprintf("%s.at(-1) === %q", listJS, name+": "+text), nil)
+}
+
+// waitHere waits until page p lists names as the room's.
+func waitHere(p *browser.Page, names string) {
+	p.Wait("the room to list "+names, fmt.Sprintf(`document.getElementById("here").textContent === %q`, names), nil)
 }
 
 // waitState waits until page p says its stream is state.

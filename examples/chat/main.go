@@ -10,8 +10,9 @@
 // redisbroker module): a message said on one reaches the pages of all, and a page resumes on
 // whichever process it reconnects to.
 //
-//	go run ./examples/chat -addr 127.0.0.1:8081 -redis 127.0.0.1:6379
-//	go run ./examples/chat -addr 127.0.0.1:8082 -redis 127.0.0.1:6379
+//	go build -o /tmp/chat ./examples/chat
+//	/tmp/chat -addr 127.0.0.1:8091 -redis 127.0.0.1:6379 &
+//	/tmp/chat -addr 127.0.0.1:8092 -redis 127.0.0.1:6379 &
 package main
 
 import (
@@ -38,6 +39,10 @@ import (
 //go:embed index.html
 var page []byte
 
+// defaultAddr is where the example listens unless -addr says otherwise. Each example has a
+// port of its own, so that they can run side by side.
+const defaultAddr = "127.0.0.1:8080"
+
 // Limits on a message, which every room keeps the last 256 of in memory.
 const (
 	maxRoomLen = 32
@@ -47,7 +52,7 @@ const (
 )
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	addr := flag.String("addr", defaultAddr, "address to listen on")
 	redisAddr := flag.String("redis", "", "host:port of a Redis server through which chat processes share their rooms (default: this process alone)")
 	flag.Parse()
 	log.SetFlags(0)
@@ -71,16 +76,18 @@ func run(addr, redisAddr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	// Each room keeps its last 256 messages for pages that reconnect.
+	// Each room keeps its last 256 messages for pages that reconnect; presence learns from the
+	// broker when a page's stream ends.
+	p := newPresence()
 	var b broker
 	if redisAddr == "" {
-		b = sse.NewBroker(sse.WithHistory(256))
+		b = sse.NewBroker(sse.WithHistory(256), p.option())
 	} else {
 		rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
 		defer rdb.Close()
 		startCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		// New returns once this process has read the rooms' recent messages from Redis.
-		rb, err := redisbroker.New(startCtx, rdb, "chat", redisbroker.WithBrokerOptions(sse.WithHistory(256)))
+		rb, err := redisbroker.New(startCtx, rdb, "chat", redisbroker.WithBrokerOptions(sse.WithHistory(256), p.option()))
 		cancel()
 		if err != nil {
 			return err
@@ -88,6 +95,7 @@ func run(addr, redisAddr string) error {
 		b = rb
 		fmt.Printf("chat: sharing rooms through Redis at %s\n", redisAddr)
 	}
+	p.b = b
 
 	// Listen before printing, so that the address printed is the one served, port 0 included.
 	ln, err := net.Listen("tcp", addr)
@@ -95,7 +103,7 @@ func run(addr, redisAddr string) error {
 		return err
 	}
 	fmt.Printf("chat: open http://%s/\n", ln.Addr())
-	srv := &http.Server{Handler: newServer(b), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: newServer(b, p), ReadHeaderTimeout: 10 * time.Second}
 	// Streams never end on their own, so http.Server.Shutdown would wait for them forever.
 	srv.RegisterOnShutdown(func() { b.Shutdown(context.Background()) })
 
@@ -110,6 +118,7 @@ func run(addr, redisAddr string) error {
 
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	p.depart() // while Publish still works
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		return err
 	}
@@ -129,8 +138,9 @@ type message struct {
 }
 
 // newServer returns the chat's handler: the page at /, each room's stream at
-// /rooms/{room}/events, and POST /rooms/{room}/messages to say something in a room.
-func newServer(b broker) http.Handler {
+// /rooms/{room}/events (with ?page=ID, the page is listed in the room: see presence), and
+// POST /rooms/{room}/messages to say something in a room.
+func newServer(b broker, p *presence) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -142,6 +152,14 @@ func newServer(b broker) http.Handler {
 			// Refuse before ServeEvents starts the stream. An EventSource does not retry
 			// after a 400, which is right: the name will not become valid.
 			http.Error(w, "bad room name", http.StatusBadRequest)
+			return
+		}
+		if page := r.URL.Query().Get("page"); page != "" {
+			if !validPage(page) {
+				http.Error(w, "bad page ID", http.StatusBadRequest)
+				return
+			}
+			p.serve(w, r, room, page)
 			return
 		}
 		b.ServeEvents(w, r, topic(room))
@@ -186,6 +204,9 @@ func newServer(b broker) http.Handler {
 				http.Error(w, "cannot send now", http.StatusServiceUnavailable)
 			}
 			return
+		}
+		if names, changed := p.rename(room, r.PostFormValue("page"), m.Name); changed {
+			p.publish(room, names)
 		}
 		// 204 leaves the page where it is, even when a plain form is submitted without script.
 		w.WriteHeader(http.StatusNoContent)

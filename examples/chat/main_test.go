@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -75,6 +76,8 @@ func TestChatBadRequests(t *testing.T) {
 		{"huge form", "POST", "/rooms/lobby/messages", url.Values{"text": {strings.Repeat("x", maxForm)}}, 400},
 		{"post to stream", "POST", "/rooms/lobby/events", url.Values{"text": {"x"}}, 405},
 		{"get messages", "GET", "/rooms/lobby/messages", nil, 405},
+		{"bad page", "GET", "/rooms/lobby/events?page=a-b", nil, 400},
+		{"long page", "GET", "/rooms/lobby/events?page=" + strings.Repeat("a", 33), nil, 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,6 +102,66 @@ func TestChatBadRequests(t *testing.T) {
 	}
 }
 
+// A page that says which page it is is listed in its room, under the name it last said
+// something with: it is greeted with the list, told of every change, and leaves the list when
+// its stream ends.
+func TestChatPresence(t *testing.T) {
+	ts := start(t)
+	ann := ssetest.Subscribe(t, ts.Server, "/rooms/lobby/events?page=ann1", "")
+	checkPresence(t, ssetest.Next(t, ann), "anonymous") // the greeting
+	// The page is subscribed a moment after its greeting: what is said before then misses it.
+	waitClients(t, ts, 1)
+	post(t, ts, "/rooms/lobby/messages", url.Values{"name": {"ann"}, "text": {"hi"}, "page": {"ann1"}})
+	checkMessage(t, ssetest.Next(t, ann), "ann", "hi")
+	checkPresence(t, ssetest.Next(t, ann), "ann")
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", ts.URL+"/rooms/lobby/events?page=bob1", nil)
+	resp, err := ts.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	bob := spec.NewDecoder(resp.Body)
+	checkPresence(t, ssetest.Next(t, bob), "ann", "anonymous")
+	checkPresence(t, ssetest.Next(t, ann), "ann", "anonymous")
+	waitClients(t, ts, 2)
+	// Another room's list is its own.
+	other := ssetest.Subscribe(t, ts.Server, "/rooms/other/events?page=cy1", "")
+	checkPresence(t, ssetest.Next(t, other), "anonymous")
+
+	cancel() // bob's page goes
+	checkPresence(t, ssetest.Next(t, ann), "ann")
+}
+
+// waitClients waits until ts's broker serves n streams.
+func waitClients(t *testing.T, ts server, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for ts.b.Stats().Clients != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broker serves %d streams, want %d", ts.b.Stats().Clients, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// checkPresence checks that ev is a room's list of names.
+func checkPresence(t *testing.T, ev spec.Event, names ...string) {
+	t.Helper()
+	var p struct {
+		Node  string   `json:"node"`
+		Names []string `json:"names"`
+	}
+	if ev.Type != "presence" {
+		t.Fatalf("event = %+v, want a presence list", ev)
+	}
+	if err := json.Unmarshal([]byte(ev.Data), &p); err != nil || p.Node == "" || !slices.Equal(p.Names, names) {
+		t.Fatalf("presence %q (%v), want the names %q", ev.Data, err, names)
+	}
+}
+
 func TestChatPage(t *testing.T) {
 	ts := start(t)
 	// The page listens for the missed event by name, which must be the library's.
@@ -115,8 +178,10 @@ type server struct {
 func start(t *testing.T, opts ...sse.Option) server {
 	t.Helper()
 	ssetest.CheckGoroutines(t)
-	b := sse.NewBroker(opts...)
-	ts := httptest.NewServer(newServer(b))
+	p := newPresence()
+	b := sse.NewBroker(append(opts, p.option())...)
+	p.b = b
+	ts := httptest.NewServer(newServer(b, p))
 	t.Cleanup(ts.Close)
 	// Cleanups run last first: the Broker ends its streams before ts.Close waits for them.
 	t.Cleanup(func() {

@@ -43,11 +43,13 @@ func startShared(t *testing.T, addr string) server {
 	t.Cleanup(func() { rdb.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	b, err := redisbroker.New(ctx, rdb, "chat")
+	p := newPresence()
+	b, err := redisbroker.New(ctx, rdb, "chat", redisbroker.WithBrokerOptions(p.option()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(newServer(b))
+	p.b = b
+	ts := httptest.NewServer(newServer(b, p))
 	t.Cleanup(ts.Close)
 	t.Cleanup(func() {
 		if err := b.Shutdown(context.Background()); err != nil {

@@ -27,11 +27,15 @@ import (
 //go:embed index.html
 var page []byte
 
+// defaultAddr is where the example listens unless -addr says otherwise. Each example has a
+// port of its own, so that they can run side by side.
+const defaultAddr = "127.0.0.1:8081"
+
 // clockTopic is the topic every tick is published to and every client reads.
 const clockTopic = "clock"
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	addr := flag.String("addr", defaultAddr, "address to listen on")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("clock: ")

@@ -1,11 +1,13 @@
 // Tail prints the events of a stream as they arrive, decoded, and reconnects as a browser's
 // EventSource would, resuming with the last event ID it saw.
 //
-//	go run ./examples/tail http://127.0.0.1:8080/events
+//	go run ./examples/tail http://127.0.0.1:8080/rooms/lobby/events
 //
-// Try it on the clock example (go run ./examples/clock, then the command above). Each event is
-// printed on a line of its own: its type, its ID in brackets, and its data, whose further lines
-// are indented. Reconnections are reported on standard error. Interrupt it to stop.
+// Try it on the chat example's lobby (go run ./examples/chat, then the command above, and say
+// something on the chat's page), or on the clock example's ticks (go run ./examples/clock,
+// whose stream is http://127.0.0.1:8081/events). Each event is printed on a line of its own:
+// its type, its ID in brackets, and its data, whose further lines are indented. Reconnections
+// are reported on standard error. Interrupt it to stop.
 package main
 
 import (

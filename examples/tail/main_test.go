@@ -3,12 +3,18 @@ package main
 import (
 	"bufio"
 	"context"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -119,32 +125,39 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
+// startExample builds the example called name and runs it as its own process, as a user
+// would, on a free port, and returns the address it prints ("NAME: open http://ADDR/"),
+// without the final slash. The process is interrupted with the test.
+func startExample(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	if out, err := exec.Command("go", "build", "-o", bin, "sse/examples/"+name).CombinedOutput(); err != nil {
+		t.Fatalf("building the %s: %v\n%s", name, err, out)
+	}
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	})
+	first, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the %s's address: %v", name, err)
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(first), name+": open "), "/")
+}
+
 // TestTailClock runs the clock example as its own process, as a user would, and tail against
 // it: tail prints its ticks as they come.
 func TestTailClock(t *testing.T) {
 	ssetest.CheckGoroutines(t)
-	bin := filepath.Join(t.TempDir(), "clock")
-	if out, err := exec.Command("go", "build", "-o", bin, "sse/examples/clock").CombinedOutput(); err != nil {
-		t.Fatalf("building the clock: %v\n%s", err, out)
-	}
-	clock := exec.Command(bin, "-addr", "127.0.0.1:0")
-	stdout, err := clock.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := clock.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		clock.Process.Signal(os.Interrupt)
-		clock.Wait()
-	}()
-	// "clock: open http://ADDR/"
-	first, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the clock's address: %v", err)
-	}
-	url := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(first), "clock: open "), "/") + "/events"
+	url := startExample(t, "clock") + "/events"
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	pr, pw := io.Pipe()
@@ -168,4 +181,131 @@ func TestTailClock(t *testing.T) {
 			t.Fatalf("tail printed %q, want %q…", got, want)
 		}
 	}
+}
+
+// TestTailChat runs the chat example as its own process and tail against the URL tail's doc
+// suggests, on the chat's address: tail prints what is said in the lobby.
+func TestTailChat(t *testing.T) {
+	ssetest.CheckGoroutines(t)
+	suggested := suggestedURL(t)
+	addr := startExample(t, "chat")
+	url := addr + suggested.Path
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	pr, pw := io.Pipe()
+	logs := &syncWriter{w: new(strings.Builder)}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		pw.CloseWithError(run(ctx, url, "", pw, log.New(logs, "", 0)))
+	})
+	defer func() {
+		cancel()
+		pr.Close()
+		wg.Wait()
+	}()
+	// The stream is open once the chat sends its preamble; tail prints nothing for it, so
+	// say something until tail prints it.
+	lines := make(chan string)
+	var runErr error // set before lines is closed
+	wg.Go(func() {
+		defer close(lines)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+		runErr = sc.Err() // what run returned
+	})
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("tail ended (%v; %s) before printing a message", runErr, logs.String())
+			}
+			if !strings.HasPrefix(line, "message [") || !strings.Contains(line, `"text":"hello from the test"`) {
+				t.Fatalf("tail printed %q, want the message said", line)
+			}
+			return
+		case <-tick.C:
+			resp, err := http.PostForm(addr+"/rooms/lobby/messages", neturl.Values{"name": {"test"}, "text": {"hello from the test"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode >= 300 {
+				t.Fatalf("saying something: %s", resp.Status)
+			}
+		case <-ctx.Done():
+			t.Fatalf("tail printed nothing (%s)", logs.String())
+		}
+	}
+}
+
+// TestExampleAddresses checks that the examples listen on ports of their own by default, so
+// that a user who follows the README can run them side by side, and that the URL tail's doc
+// suggests is on the chat's.
+func TestExampleAddresses(t *testing.T) {
+	seen := map[string]string{}
+	for _, name := range []string{"chat", "clock", "tokens"} {
+		addr := defaultAddr(t, name)
+		if other, ok := seen[addr]; ok {
+			t.Errorf("the %s and the %s both listen on %s by default", other, name, addr)
+		}
+		seen[addr] = name
+	}
+	if u := suggestedURL(t); seen[u.Host] != "chat" {
+		t.Errorf("tail's doc suggests %s, which is not on the chat's default address", u)
+	}
+}
+
+// defaultAddr returns the value of the defaultAddr constant of the example called name.
+func defaultAddr(t *testing.T, name string) string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join("..", name, "main.go"), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, decl := range f.Decls {
+		gd, ok := decl.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			vs := spec.(*ast.ValueSpec)
+			if len(vs.Names) == 1 && vs.Names[0].Name == "defaultAddr" && len(vs.Values) == 1 {
+				if lit, ok := vs.Values[0].(*ast.BasicLit); ok {
+					if v, err := strconv.Unquote(lit.Value); err == nil {
+						return v
+					}
+				}
+			}
+		}
+	}
+	t.Fatalf("the %s has no string constant defaultAddr", name)
+	return ""
+}
+
+// suggestedURL returns the URL of the command tail's doc comment suggests.
+func suggestedURL(t *testing.T) *neturl.URL {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), "main.go", nil, parser.ParseComments|parser.PackageClauseOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(f.Doc.Text()) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "go run ./examples/tail "); ok {
+			u, err := neturl.Parse(rest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return u
+		}
+	}
+	t.Fatal("tail's doc suggests no command")
+	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"sse"
 )
@@ -26,11 +27,15 @@ import (
 //go:embed index.html
 var page []byte
 
+// defaultAddr is where the example listens unless -addr says otherwise. Each example has a
+// port of its own, so that they can run side by side.
+const defaultAddr = "127.0.0.1:8082"
+
 // maxQuestion is the longest question accepted, in bytes.
 const maxQuestion = 1000
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	addr := flag.String("addr", defaultAddr, "address to listen on")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("tokens: ")
@@ -128,7 +133,11 @@ func (rp *replier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func answer(q string) []string {
 	// The question is echoed back, and a Stream refuses invalid UTF-8.
 	q = strings.ToValidUTF8(q, "\uFFFD")
-	return strings.Fields("You asked: " + q + ". " + cannedAnswer)
+	// As a sentence, but without a full stop after a question's own mark.
+	if r, _ := utf8.DecodeLastRuneInString(q); !strings.ContainsRune(".?!…", r) {
+		q += "."
+	}
+	return strings.Fields("You asked: " + q + " " + cannedAnswer)
 }
 
 const cannedAnswer = `Server-Sent Events send a stream of text events over one long HTTP

@@ -18,11 +18,14 @@ func TestTokens(t *testing.T) {
 	ts := start(t, newServer(&replier{}))
 	tests := []struct {
 		name, rawQuery string
-		question       string // as the answer echoes it
+		question       string // as the answer echoes it, ending with one punctuation mark
 	}{
-		{"plain", "q=why+stream%3F", "why stream?"},
-		{"line breaks", "q=one%0Atwo%0D%0Athree", "one two three"},
-		{"invalid UTF-8", "q=caf%E9", "caf\uFFFD"},
+		{"question mark", "q=why+stream%3F", "why stream?"},
+		{"full stop", "q=Tell+me+about+streams.", "Tell me about streams."},
+		{"exclamation mark", "q=Stream%21", "Stream!"},
+		{"no mark", "q=streams", "streams."},
+		{"line breaks", "q=one%0Atwo%0D%0Athree", "one two three."},
+		{"invalid UTF-8", "q=caf%E9", "caf\uFFFD."},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -41,7 +44,7 @@ func TestTokens(t *testing.T) {
 				}
 				words = append(words, ev.Data)
 			}
-			want := strings.Fields("You asked: " + tt.question + ". " + cannedAnswer)
+			want := strings.Fields("You asked: " + tt.question + " " + cannedAnswer)
 			if !slices.Equal(words, want) {
 				t.Errorf("words = %q, want %q", words, want)
 			}
