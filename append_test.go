@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -17,10 +18,17 @@ type node struct {
 }
 
 func newNode(t *testing.T, m mode, opts ...Option) *node {
-	b := NewBroker(opts...)
+	b := newBroker(m, opts...)
 	ends := make(chan error, 100)
+	if m == http1h {
+		// ServeEvents returns once the pollers have the stream: its end comes here.
+		b.opts.onEnd = func(_ context.Context, err error) { ends <- err }
+	}
 	s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ends <- b.ServeEvents(w, r, "a", "b")
+		err := b.ServeEvents(w, r, "a", "b")
+		if m != http1h {
+			ends <- err
+		}
 	}))
 	return &node{s, ends}
 }
@@ -298,5 +306,97 @@ func TestAppendAheadLimit(t *testing.T) {
 				t.Errorf("a waiting resume got %q, want %d to 13 once each", r.data, from)
 			}
 		}
+	})
+}
+
+// A resume that waits for an event Append has not reached leaves the client limit when it
+// stops waiting: when the event does not come in time (it is served, with MissedType) and when
+// its client leaves (its stream ends as any whose client left: nil, not a refusal).
+func TestAppendAheadStopsWaiting(t *testing.T) {
+	defer func(d time.Duration) { aheadWait = d }(aheadWait)
+	run(t, func(t *testing.T, m mode) {
+		nd := newNode(t, m, WithMaxClients(1))
+		appendAll(t, "e1", 1, 2, nd)
+		waiting := func() int {
+			nd.b.mu.Lock()
+			defer nd.b.mu.Unlock()
+			return nd.b.waiting
+		}
+
+		aheadWait = 200 * time.Millisecond
+		ts := nd.open(t, "/", "e1-5") // never comes in time
+		if ev := ts.next(); ev.Type != MissedType {
+			t.Errorf("resuming from an ID that does not come: got %+v, want %s", ev, MissedType)
+		}
+		ts.close()
+		if err := <-nd.ends; err != nil {
+			t.Errorf("ServeEvents of a client that left after waiting returned %v, want nil", err)
+		}
+
+		aheadWait = time.Minute
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", nd.URL+"/", nil)
+		req.Header.Set("Last-Event-ID", "e1-5")
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if resp, err := nd.Client().Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		waitFor(t, "the resume to wait", func() bool { return waiting() == 1 })
+		cancel()
+		<-done
+		if err := <-nd.ends; err != nil {
+			t.Errorf("ServeEvents of a client that left while waiting returned %v, want nil", err)
+		}
+		if w, st := waiting(), nd.b.Stats(); w != 0 || st.Refused != 0 {
+			t.Errorf("after both stopped waiting: %d waiting, %d refused; want 0, 0", w, st.Refused)
+		}
+		ts = nd.openN(t, "/", 1) // within the limit
+		appendAll(t, "e1", 3, 3, nd)
+		ts.expect("3")
+	})
+}
+
+// A break in the log releases at once the resumes that wait for events from before it: they
+// get MissedType, then the log's new events; and events after the break that take the places
+// they waited for wake nothing twice.
+func TestAppendAheadBreak(t *testing.T) {
+	defer func(d time.Duration) { aheadWait = d }(aheadWait)
+	aheadWait = 5 * time.Second
+	run(t, func(t *testing.T, m mode) {
+		nd := newNode(t, m)
+		appendAll(t, "e1", 1, 5, nd)
+		waiting := func() int {
+			nd.b.mu.Lock()
+			defer nd.b.mu.Unlock()
+			return nd.b.waiting
+		}
+		resume := func(id string) <-chan *testStream {
+			opened := make(chan *testStream, 1)
+			go func() { opened <- nd.open(t, "/", id) }()
+			waitFor(t, "the resume to wait", func() bool { return waiting() == 1 })
+			return opened
+		}
+
+		// One waits and is served: the place it waited for is done with.
+		opened := resume("e1-6")
+		appendAll(t, "e1", 6, 7, nd)
+		(<-opened).expect("7")
+
+		// One waits when the log breaks.
+		opened = resume("e1-9")
+		start := time.Now()
+		appendAll(t, "e2", 1, 1, nd)
+		ts := <-opened
+		if ev := ts.next(); ev.Type != MissedType {
+			t.Errorf("resuming from before the break: got %+v, want %s", ev, MissedType)
+		}
+		if d := time.Since(start); d > aheadWait/2 {
+			t.Errorf("the break released a waiting resume after %v, want at once", d)
+		}
+		appendAll(t, "e2", 2, 4, nd) // the broker's sequence numbers pass 9 again
+		ts.expect("1", "2", "3", "4")
 	})
 }

@@ -53,6 +53,8 @@ type Broker struct {
 
 	warnedDeadline atomic.Bool // a ResponseWriter that cannot set deadlines was logged
 
+	polls atomic.Pointer[pollers] // serve the streams taken over (WithHijack); made under mu, on the first
+
 	// mu guards the fields below it, and what topics and groups say it guards. Publish,
 	// subscribing and unsubscribing hold it; clients reading the history do not.
 	mu     sync.Mutex
@@ -81,7 +83,7 @@ type Broker struct {
 		// clients counts open streams. It changes only under mu, whose holders may rely on it.
 		clients atomic.Int64
 
-		published, delivered, slow, replays, unknownReplays, refused atomic.Int64
+		published, delivered, slow, replays, unknownReplays, refused, hijacked atomic.Int64
 	}
 }
 
@@ -102,6 +104,8 @@ type group struct {
 
 	beats atomic.Uint64 // how many heartbeats the group was woken with
 
+	polled []*pgroup // the pollers that hold streams of the group (WithHijack); guarded by Broker.mu
+
 	wakeMu sync.Mutex    // guards wake, which clients set without Broker.mu
 	wake   chan struct{} // closed to wake the group's clients; nil when none waits
 }
@@ -115,8 +119,13 @@ func (g *group) wakeUp() {
 
 // take returns the channel that wakes the group's waiting clients once closed, or nil if none
 // waits; whoever waits next gets a new one. Closing a channel readies each goroutine waiting
-// on it, which is work per client: the caller closes it once it has let go of Broker.mu.
+// on it, which is work per client: the caller closes it once it has let go of Broker.mu. The
+// pollers that hold streams of the group are told too, once each; the caller wakes them
+// (kickPollers) once it has let go of Broker.mu. Broker.mu must be held.
 func (g *group) take() chan struct{} {
+	for _, pg := range g.polled {
+		pg.p.notify(pg)
+	}
 	g.wakeMu.Lock()
 	defer g.wakeMu.Unlock()
 	ch := g.wake
@@ -225,6 +234,7 @@ func (b *Broker) Publish(ev Event, topics ...string) (id string, err error) {
 	waiting := b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics, wakeBuf[:0])
 	b.mu.Unlock()
 	wake(waiting)
+	b.kickPollers()
 	return id, nil
 }
 
@@ -336,6 +346,7 @@ func (b *Broker) Append(epoch string, seq uint64, published time.Time, ev Event,
 	}
 	b.mu.Unlock()
 	wake(waiting) // as Publish does
+	b.kickPollers()
 	if ended > 0 {
 		b.logBreak(epoch, ended)
 	}
@@ -365,6 +376,7 @@ func (b *Broker) Follow(epoch string, seq uint64) error {
 	}
 	ended := b.restart(epoch, seq+1)
 	b.mu.Unlock()
+	b.kickPollers()
 	if ended > 0 {
 		b.logBreak(epoch, ended)
 	}
@@ -379,13 +391,15 @@ func (b *Broker) restart(epoch string, seq uint64) (ended int) {
 	b.prefix = epoch + "-"
 	b.base = b.seq + 1 - seq // the event seq is the next: b.seq+1
 	b.floor = b.seq          // resuming from seq-1 misses nothing
+	// Counted before the history is dropped: a client that finds the events it had yet to
+	// read gone sees the break, and does not take itself for a slow client.
+	b.breaks.Add(1)
 	for _, t := range b.topics {
 		for t.len() > 0 {
 			b.hist.drop(t)
 		}
 	}
 	b.forgetEmptied()
-	b.breaks.Add(1)
 	for _, g := range b.groups {
 		g.wakeUp()
 	}
@@ -555,13 +569,15 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		b.drained = make(chan struct{})
 		if b.stats.clients.Load() == 0 {
 			close(b.drained)
+			b.stopPollers()
 		}
 	}
 	drained := b.drained
 	b.mu.Unlock()
+	b.kickPollers()
 	select {
 	case <-drained:
-		return nil
+		return b.pollersEnded(ctx) // they close the connections they held
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -577,6 +593,7 @@ type Stats struct {
 	Replays         int64 // streams that resumed from a known Last-Event-ID
 	UnknownReplays  int64 // streams whose Last-Event-ID could not be resumed from (sent MissedType)
 	Refused         int64 // requests turned away with a retry hint: over the client limit or shut down
+	Hijacked        int64 // streams open now that the broker's pollers serve (WithHijack); counted in Clients too
 }
 
 // Stats returns the broker's counters. It takes no lock and is cheap enough to poll.
@@ -590,5 +607,6 @@ func (b *Broker) Stats() Stats {
 		Replays:         s.replays.Load(),
 		UnknownReplays:  s.unknownReplays.Load(),
 		Refused:         s.refused.Load(),
+		Hijacked:        s.hijacked.Load(),
 	}
 }

@@ -22,7 +22,7 @@ import (
 
 func TestHeaders(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		// The response arrives before anything is published: headers are flushed at once,
 		// so EventSource's onopen fires before the first event.
@@ -56,7 +56,7 @@ func TestHeaders(t *testing.T) {
 
 func TestMethodNotAllowed(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		for _, method := range []string{"POST", "PUT", "DELETE", "HEAD"} {
 			req, _ := http.NewRequest(method, s.URL, nil)
@@ -79,7 +79,7 @@ func TestMethodNotAllowed(t *testing.T) {
 // the events of its topics, once each, in publish order.
 func TestFanOut(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		mux := http.NewServeMux()
 		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(w, r, r.URL.Query()["t"]...)
@@ -140,7 +140,7 @@ func TestFanOut(t *testing.T) {
 
 func TestReplay(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		ts := s.openN(t, "/", 1)
 		for _, d := range seqData("e", 0, 5) {
@@ -190,7 +190,7 @@ func TestReplay(t *testing.T) {
 // must join with no gap and no duplicate.
 func TestReplayRace(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithHistory(100000))
+		b := newBroker(m, WithHistory(100000))
 		s := newServer(t, m, b, b.Handler())
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "0")
@@ -251,7 +251,7 @@ func TestReplayPolicy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			run(t, func(t *testing.T, m mode) {
-				b := NewBroker(WithHistory(4))
+				b := newBroker(m, WithHistory(4))
 				s := newServer(t, m, b, b.Handler())
 				ids := make([]string, 10)
 				for i := range ids {
@@ -287,7 +287,7 @@ func TestReplayPolicy(t *testing.T) {
 
 func TestReplayAppIDs(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		for i := 1; i <= 5; i++ {
 			id, err := b.Publish(Event{ID: "app-" + strconv.Itoa(i), Data: strconv.Itoa(i)})
@@ -307,7 +307,7 @@ func TestReplayAppIDs(t *testing.T) {
 // per character, ISO-8859-1.
 func TestReplayLatin1(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		for _, id := range []string{"ü-1", "ü-2", "ü-3"} {
 			if _, err := b.Publish(Event{ID: id, Data: id}); err != nil {
@@ -321,7 +321,7 @@ func TestReplayLatin1(t *testing.T) {
 
 func TestReplayAcrossTopics(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		mux := http.NewServeMux()
 		mux.Handle("/ab", b.Handler("a", "b"))
 		mux.Handle("/b", b.Handler("b"))
@@ -340,7 +340,7 @@ func TestReplayAcrossTopics(t *testing.T) {
 // and a client returning to a forgotten topic is told it missed events, never silently not.
 func TestUnreadTopics(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		mux := http.NewServeMux()
 		mux.HandleFunc("/{topic}", func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(w, r, r.PathValue("topic"))
@@ -375,7 +375,7 @@ func TestUnreadTopics(t *testing.T) {
 // given when it connected resumes it with everything published since.
 func TestResumeBeforeFirstEvent(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		publish(t, b, "before")
 		id := s.openN(t, "/", 1).startID()
@@ -389,7 +389,7 @@ func TestResumeBeforeFirstEvent(t *testing.T) {
 // TestTopicNames checks that any bytes in topic names keep topics apart.
 func TestTopicNames(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(w, r, r.URL.Query()["t"]...)
 		}))
@@ -409,7 +409,7 @@ func TestTopicNames(t *testing.T) {
 // client of several topics still receives each of its events once, in publish order.
 func TestConcurrentPublishers(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithHistory(10000))
+		b := newBroker(m, WithHistory(10000))
 		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(w, r, r.URL.Query()["t"]...)
 		}))
@@ -494,7 +494,7 @@ func TestNoGoroutinePerClient(t *testing.T) {
 
 func TestPublishRefuses(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		ts := s.openN(t, "/", 1)
 		bad := []Event{{Type: "a\nb"}, {Data: "\xff"}, {ID: "x\r"}, {Retry: -1}}
@@ -542,7 +542,7 @@ func TestSlowClient(t *testing.T) {
 		const n, size = 20000, 1024
 		// The write timeout is long enough for the reading client to keep up on a loaded
 		// machine under the race detector, where a write to it may wait seconds for the CPU.
-		b := NewBroker(WithHistory(n), WithWriteTimeout(8*time.Second))
+		b := newBroker(m, WithHistory(n), WithWriteTimeout(8*time.Second))
 		s := newServer(t, m, b, b.Handler())
 		good := s.openN(t, "/", 1)
 		// The slow client's body is never read: over HTTP/1.1 the socket buffers fill, over
@@ -631,7 +631,7 @@ func newGatedServer(t *testing.T, m mode, b *Broker) (s *server, gate, hit chan 
 // published: the client must be disconnected rather than skip events.
 func TestLaggingClient(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithHistory(8))
+		b := newBroker(m, WithHistory(8))
 		s, gate, hit := newGatedServer(t, m, b)
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "0")
@@ -653,7 +653,7 @@ func TestLaggingClient(t *testing.T) {
 // on to must not grow with what is published.
 func TestStalledClientMemory(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithHistory(64))
+		b := newBroker(m, WithHistory(64))
 		s, gate, hit := newGatedServer(t, m, b)
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "0")
@@ -680,7 +680,7 @@ func TestStalledClientMemory(t *testing.T) {
 
 func TestClientGoesAway(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler("a", "b"))
 		// Goroutines are checked by run; the broker's own state is checked here.
 		for range 10 {
@@ -698,7 +698,7 @@ func TestClientGoesAway(t *testing.T) {
 
 func TestShutdown(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithRetry(time.Second))
+		b := newBroker(m, WithRetry(time.Second))
 		s := newServer(t, m, b, b.Handler())
 		var streams []*testStream
 		for i := range 5 {
@@ -798,7 +798,7 @@ func TestServerShutdown(t *testing.T) {
 
 func TestMaxClients(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithMaxClients(2), WithRetry(time.Second))
+		b := newBroker(m, WithMaxClients(2), WithRetry(time.Second))
 		s := newServer(t, m, b, b.Handler())
 		a := s.openN(t, "/", 1)
 		s.openN(t, "/", 2)
@@ -834,7 +834,7 @@ func (w *wrapped) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func TestMiddleware(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(&wrapped{ResponseWriter: w}, r)
 		}))
@@ -851,7 +851,7 @@ func TestServerWriteTimeout(t *testing.T) {
 		t.Skip("streams for 3s")
 	}
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler(), func(srv *http.Server) { srv.WriteTimeout = time.Second })
 		ts := s.openN(t, "/", 1)
 		for i := range 12 {
@@ -864,7 +864,7 @@ func TestServerWriteTimeout(t *testing.T) {
 
 func TestHeartbeat(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithHeartbeat(10 * time.Millisecond))
+		b := newBroker(m, WithHeartbeat(10*time.Millisecond))
 		s := newServer(t, m, b, b.Handler())
 		ts := s.openN(t, "/", 1)
 		comments := 0
@@ -882,7 +882,7 @@ func TestHeartbeat(t *testing.T) {
 func TestStream(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		sent := make(chan error, 1)
-		s := newServer(t, m, NewBroker(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := newServer(t, m, newBroker(m), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			st, err := NewStream(w, r)
 			if err != nil {
 				sent <- err
@@ -923,7 +923,7 @@ func TestStream(t *testing.T) {
 // connection.
 func TestStreamEndsAfterWriteTimeout(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		s := newServer(t, m, NewBroker(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := newServer(t, m, newBroker(m), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			st, err := NewStream(w, r)
 			if err != nil {
 				return
@@ -959,7 +959,7 @@ func TestStreamEndsAfterWriteTimeout(t *testing.T) {
 func TestStreamSetWriteTimeout(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		sent := make(chan error, 1)
-		s := newServer(t, m, NewBroker(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := newServer(t, m, newBroker(m), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			st, err := NewStream(w, r)
 			if err != nil {
 				sent <- err
@@ -992,7 +992,7 @@ func TestStreamSetWriteTimeout(t *testing.T) {
 func TestReplayHugeID(t *testing.T) {
 	huge := strings.Repeat("\xfc", 512<<10) // not UTF-8: taken as ISO-8859-1
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		publish(t, b, "1")
 		ts := s.open(t, "/", huge)
@@ -1019,7 +1019,7 @@ func TestReplayHugeID(t *testing.T) {
 // receiving again what one topic holds from before the replay.
 func TestMissedAcrossTopics(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithHistory(3))
+		b := newBroker(m, WithHistory(3))
 		s := newServer(t, m, b, b.Handler("a", "b"))
 		var ids []string
 		for i := 1; i <= 7; i++ {
@@ -1044,7 +1044,7 @@ func TestMissedAcrossTopics(t *testing.T) {
 // again, however many other topics were forgotten meanwhile; one that had events is.
 func TestForgottenTopicMarks(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		mux := http.NewServeMux()
 		mux.HandleFunc("/{topic}", func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(w, r, r.PathValue("topic"))

@@ -202,7 +202,7 @@ func TestEventsLastEventIDFromRequest(t *testing.T) {
 // reconnects and receives exactly the events published while it was away.
 func TestEventsResume(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithRetry(time.Millisecond)) // the Client honours the server's retry
+		b := newBroker(m, WithRetry(time.Millisecond)) // the Client honours the server's retry
 		s := newServer(t, m, b, b.Handler())
 		p := ssetest.NewProxy(t, s.Listener.Addr().String())
 		// The same scheme (https over HTTP/2), through the proxy.
@@ -251,7 +251,7 @@ func TestEventsResume(t *testing.T) {
 // would: the Client, resuming with an ID the new Broker never gave, receives MissedType.
 func TestEventsServerRestart(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		old, next := NewBroker(WithRetry(time.Millisecond)), NewBroker()
+		old, next := newBroker(m, WithRetry(time.Millisecond)), newBroker(m)
 		var cur atomic.Pointer[Broker]
 		cur.Store(old)
 		s := newServer(t, m, next, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -373,7 +373,7 @@ func TestEventsResponseError(t *testing.T) {
 // does, with what came of the body.
 func TestEventsResponseErrorOpenBody(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "data: x\n\n") // sniffed as text/plain
 			http.NewResponseController(w).Flush()
@@ -477,9 +477,9 @@ func TestEventsRetryOverMaxBackoff(t *testing.T) {
 // error, wherever the Client is: reading, waiting, or connecting.
 func TestEventsContext(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
-		s := newServer(t, m, b, b.Handler())
 		for _, where := range []string{"reading", "waiting", "before"} {
+			b := newBroker(m)
+			s := newServer(t, m, b, b.Handler())
 			ctx, cancel := context.WithCancel(t.Context())
 			c := testClient(s.Server)
 			c.Retry = time.Hour
@@ -506,7 +506,7 @@ func TestEventsContext(t *testing.T) {
 					cancel()
 				case "waiting":
 					// End the stream from the server's side: the Client waits to reconnect.
-					s.CloseClientConnections()
+					s.cut()
 				}
 			}
 			if len(errs) == 0 || errs[len(errs)-1] != context.Canceled {
@@ -521,7 +521,7 @@ func TestEventsContext(t *testing.T) {
 // TestEventsBreak checks that breaking out of the loop closes the stream.
 func TestEventsBreak(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker()
+		b := newBroker(m)
 		s := newServer(t, m, b, b.Handler())
 		goWhen(t, func() bool { return b.Stats().Clients == 1 }, func() { publishAll(t, b, "x") })
 		for range testClient(s.Server).Events(get(t, s.URL)) {
@@ -735,7 +735,7 @@ func TestEventsTransientStatus(t *testing.T) {
 	for _, status := range []int{http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
 			run(t, func(t *testing.T, m mode) {
-				b := NewBroker(WithRetry(time.Millisecond))
+				b := newBroker(m, WithRetry(time.Millisecond))
 				var down atomic.Int32 // how many more requests get the status
 				s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					if down.Add(-1) >= 0 {
@@ -762,7 +762,7 @@ func TestEventsTransientStatus(t *testing.T) {
 					got = append(got, ev.Data)
 					if len(got) == 1 {
 						down.Store(2)
-						s.CloseClientConnections()
+						s.cut()
 						// The Client runs in this goroutine: these are published while it is away.
 						publishAll(t, b, "2", "3")
 					}

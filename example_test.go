@@ -157,7 +157,7 @@ func ExampleBroker_Stats() {
 	b.Publish(sse.Event{Data: "x"})
 	fmt.Println(expvar.Get("sse"))
 	// Output:
-	// {"Clients":0,"Published":1,"Delivered":0,"SlowDisconnects":0,"Replays":0,"UnknownReplays":0,"Refused":0}
+	// {"Clients":0,"Published":1,"Delivered":0,"SlowDisconnects":0,"Replays":0,"UnknownReplays":0,"Refused":0,"Hijacked":0}
 }
 
 // ExampleBroker_Shutdown wires a Broker into an http.Server's shutdown, which would otherwise

@@ -33,7 +33,7 @@ func (b *Broker) tick() {
 			continue
 		}
 		g.active = now
-		g.beats.Add(1)
+		g.beats.Add(1) // before the wake-up, so that a client woken sees it (see client.next)
 		if ch := g.take(); ch != nil {
 			waiting = append(waiting, ch)
 		}
@@ -41,9 +41,10 @@ func (b *Broker) tick() {
 	b.beatTimer.Reset(b.tickEvery())
 	b.mu.Unlock()
 	wake(waiting) // as Publish does
+	b.kickPollers()
 }
 
 // tickEvery returns the time between ticks.
 func (b *Broker) tickEvery() time.Duration {
-	return max(b.opts.heartbeat/ticksPerBeat, time.Millisecond)
+	return max(b.opts.heartbeat/ticksPerBeat, time.Microsecond)
 }

@@ -19,19 +19,29 @@ import (
 type mode string
 
 const (
-	http1 mode = "h1"
-	http2 mode = "h2"
+	http1  mode = "h1"
+	http2  mode = "h2"
+	http1h mode = "h1hijack" // HTTP/1.1, with the broker's pollers serving the streams (WithHijack)
 )
 
-// run runs f once over HTTP/1.1 and once over HTTP/2, checking each for leaked goroutines.
+// run runs f over HTTP/1.1, over HTTP/2, and over HTTP/1.1 with the streams taken over by the
+// broker's pollers, checking each for leaked goroutines.
 func run(t *testing.T, f func(t *testing.T, m mode)) {
 	t.Helper()
-	for _, m := range []mode{http1, http2} {
+	for _, m := range []mode{http1, http2, http1h} {
 		t.Run(string(m), func(t *testing.T) {
 			checkGoroutines(t)
 			f(t, m)
 		})
 	}
+}
+
+// newBroker returns a broker with opts for a test over m: WithHijack too for http1h.
+func newBroker(m mode, opts ...Option) *Broker {
+	if m == http1h {
+		opts = append(opts, WithHijack())
+	}
+	return NewBroker(opts...)
 }
 
 // server is an httptest.Server serving a Broker, with a client for it.
@@ -63,6 +73,13 @@ func newServer(t *testing.T, m mode, b *Broker, h http.Handler, configure ...fun
 		}
 	})
 	return &server{ts, b}
+}
+
+// cut closes every client's connection from the server's side, as a server that goes away
+// does, whether net/http or the broker holds it.
+func (s *server) cut() {
+	s.CloseClientConnections()
+	cutTaken(s.Listener.Addr())
 }
 
 // testStream is one client's open event stream.

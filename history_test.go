@@ -24,7 +24,7 @@ func TestHistoryMemory(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		data := strings.Repeat("x", 1000)
 		frame := int64(len(appendEvent(Event{Data: data}))) + 64 // with room for the ID
-		b := NewBroker(WithHistoryMemory(10*frame + 3*chunkBytes))
+		b := newBroker(m, WithHistoryMemory(10*frame+3*chunkBytes))
 		mux := http.NewServeMux()
 		mux.HandleFunc("/{topic}", func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(w, r, r.PathValue("topic"))
@@ -74,7 +74,7 @@ func appendEvent(ev Event) []byte { return ev.appendTo(nil) }
 // make room for it.
 func TestHistoryMemoryBigEvent(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
-		b := NewBroker(WithHistoryMemory(1000))
+		b := newBroker(m, WithHistoryMemory(1000))
 		s := newServer(t, m, b, b.Handler())
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "small")

@@ -52,11 +52,19 @@ func (h *records) take(t *testing.T) (slog.Record, map[string]slog.Value) {
 	return r, attrs
 }
 
-// endServer serves b's streams on topics through wrap, and reports what each ServeEvents returns.
+// endServer serves b's streams on topics through wrap, and reports what each ServeEvents returns
+// or, over http1h, where ServeEvents returns once the pollers have the stream, what the
+// function WithStreamEnd sets is called with, for every stream.
 func endServer(t *testing.T, m mode, b *Broker, wrap func(http.ResponseWriter) http.ResponseWriter, topics ...string) (*server, chan error) {
 	ends := make(chan error, 10)
+	if m == http1h {
+		b.opts.onEnd = func(_ context.Context, err error) { ends <- err }
+	}
 	s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ends <- b.ServeEvents(wrap(w), r, topics...)
+		err := b.ServeEvents(wrap(w), r, topics...)
+		if m != http1h {
+			ends <- err
+		}
 	}))
 	return s, ends
 }
@@ -86,7 +94,7 @@ func TestStreamEnds(t *testing.T) {
 	t.Run("client gone", func(t *testing.T) {
 		run(t, func(t *testing.T, m mode) {
 			log := &records{}
-			b := NewBroker(WithLogger(slog.New(log)))
+			b := newBroker(m, WithLogger(slog.New(log)))
 			s, ends := endServer(t, m, b, unwrapped, "a", "b")
 			ts := s.openN(t, "/", 1)
 			publish(t, b, "1", "a")
@@ -99,7 +107,7 @@ func TestStreamEnds(t *testing.T) {
 	t.Run("shutdown", func(t *testing.T) {
 		run(t, func(t *testing.T, m mode) {
 			log := &records{}
-			b := NewBroker(WithLogger(slog.New(log)))
+			b := newBroker(m, WithLogger(slog.New(log)))
 			s, ends := endServer(t, m, b, unwrapped)
 			s.openN(t, "/", 1)
 			b.Shutdown(context.Background())
@@ -109,7 +117,7 @@ func TestStreamEnds(t *testing.T) {
 	t.Run("too many clients", func(t *testing.T) {
 		run(t, func(t *testing.T, m mode) {
 			log := &records{}
-			b := NewBroker(WithLogger(slog.New(log)), WithMaxClients(1))
+			b := newBroker(m, WithLogger(slog.New(log)), WithMaxClients(1))
 			s, ends := endServer(t, m, b, unwrapped, "room")
 			s.openN(t, "/", 1)
 			s.open(t, "/", "").expectEnd()
@@ -119,7 +127,7 @@ func TestStreamEnds(t *testing.T) {
 	t.Run("fell behind", func(t *testing.T) {
 		run(t, func(t *testing.T, m mode) {
 			log := &records{}
-			b := NewBroker(WithLogger(slog.New(log)), WithHistory(8))
+			b := newBroker(m, WithLogger(slog.New(log)), WithHistory(8))
 			gate, hit := make(chan struct{}), make(chan struct{})
 			s, ends := endServer(t, m, b, func(w http.ResponseWriter) http.ResponseWriter {
 				return &gatedWriter{ResponseWriter: w, gate: gate, hit: hit}
@@ -141,7 +149,7 @@ func TestStreamEnds(t *testing.T) {
 	t.Run("events lost", func(t *testing.T) {
 		run(t, func(t *testing.T, m mode) {
 			log := &records{}
-			b := NewBroker(WithLogger(slog.New(log)))
+			b := newBroker(m, WithLogger(slog.New(log)))
 			s, ends := endServer(t, m, b, unwrapped)
 			b.Append("e1", 1, time.Time{}, Event{Data: "1"})
 			ts := s.openN(t, "/", 1)
@@ -167,7 +175,7 @@ func TestStreamEnds(t *testing.T) {
 	t.Run("write timeout", func(t *testing.T) {
 		run(t, func(t *testing.T, m mode) {
 			log := &records{}
-			b := NewBroker(WithLogger(slog.New(log)), WithWriteTimeout(100*time.Millisecond), WithHistory(10000))
+			b := newBroker(m, WithLogger(slog.New(log)), WithWriteTimeout(100*time.Millisecond), WithHistory(10000))
 			s, ends := endServer(t, m, b, unwrapped)
 			s.openN(t, "/", 1) // and never read
 			data := strings.Repeat("x", 4<<10)
@@ -240,7 +248,7 @@ func TestStreamEndHook(t *testing.T) {
 			err  error
 		}
 		ended := make(chan end, 10)
-		b := NewBroker(WithMaxClients(1), WithStreamEnd(func(ctx context.Context, err error) {
+		b := newBroker(m, WithMaxClients(1), WithStreamEnd(func(ctx context.Context, err error) {
 			ended <- end{ctx.Value(userKey{}).(string), err}
 		}))
 		returned := make(chan error, 10)
@@ -257,12 +265,20 @@ func TestStreamEndHook(t *testing.T) {
 		if e := <-ended; e.user != "ann" || e.err != nil {
 			t.Errorf("second end: %q, %v; want ann, nil", e.user, e.err)
 		}
-		for range 2 {
+		resp, err := s.Client().Post(s.URL+"/?user=eve", "text/plain", nil) // refused: 405
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if e := <-ended; e.user != "eve" || e.err == nil || resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("third end: %q, %v, status %d; want eve, an error, 405", e.user, e.err, resp.StatusCode)
+		}
+		for range 3 {
 			<-returned
 		}
 		select {
 		case e := <-ended:
-			t.Errorf("a third end: %+v", e)
+			t.Errorf("a fourth end: %+v", e)
 		default:
 		}
 	})

@@ -47,7 +47,7 @@ func TestRefuseCannotFlush(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			run(t, func(t *testing.T, m mode) {
 				log := &records{}
-				b := NewBroker(WithLogger(slog.New(log)))
+				b := newBroker(m, WithLogger(slog.New(log)))
 				ends := make(chan error, 2)
 				s := newServer(t, m, b, tt.h(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					if r.URL.Path == "/stream" {
@@ -91,7 +91,7 @@ func TestRefuseCannotFlush(t *testing.T) {
 func TestWarnNoDeadlines(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		log := &records{}
-		b := NewBroker(WithLogger(slog.New(log)))
+		b := newBroker(m, WithLogger(slog.New(log)))
 		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			b.ServeEvents(flushOnly{w}, r)
 		}))
@@ -119,19 +119,37 @@ func TestWarnNoDeadlines(t *testing.T) {
 func TestContextDeadline(t *testing.T) {
 	run(t, func(t *testing.T, m mode) {
 		log := &records{}
-		b := NewBroker(WithLogger(slog.New(log)), WithRetry(time.Second))
+		b := newBroker(m, WithLogger(slog.New(log)), WithRetry(time.Second))
 		ends := make(chan error, 1)
+		sent := make(chan string, 1)
 		s := newServer(t, m, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := context.WithTimeout(r.Context(), 300*time.Millisecond) // as chi's middleware.Timeout
 			defer cancel()
-			ends <- b.ServeEvents(w, r.WithContext(ctx))
+			tw := &tapWriter{ResponseWriter: w}
+			ends <- b.ServeEvents(tw, r.WithContext(ctx))
+			sent <- tw.buf.String()
 		}))
 		ts := s.openN(t, "/", 1)
 		publish(t, b, "before")
 		ts.expect("before")
+		if m == http1h {
+			// The pollers serve the stream once ServeEvents has returned, which it has:
+			// the handler's context no longer bears on it (see WithHijack).
+			if err := <-ends; err != nil {
+				t.Errorf("ServeEvents returned %v, want nil once the stream is handed over", err)
+			}
+			time.Sleep(400 * time.Millisecond)
+			publish(t, b, "after")
+			ts.expect("after")
+			return
+		}
 		ts.expectEnd()
 		if r := ts.dec.Retry(); r < 1000 || r >= 2000 {
 			t.Errorf("retry hint = %d ms, want within [1000, 2000)", r)
+		}
+		// The preamble's hint is within the range too: the hint must come after the event.
+		if _, after, _ := strings.Cut(<-sent, "data: before\n"); !strings.Contains(after, "\n\nretry: ") {
+			t.Errorf("after the last event came %q, want a retry hint", after)
 		}
 		if err := <-ends; !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("ServeEvents returned %v, want an error wrapping context.DeadlineExceeded", err)
@@ -142,3 +160,17 @@ func TestContextDeadline(t *testing.T) {
 		}
 	})
 }
+
+// tapWriter keeps a copy of what is written through it, and unwraps to the ResponseWriter it
+// wraps, as good middleware does. Its buffer may be read once the handler has returned.
+type tapWriter struct {
+	http.ResponseWriter
+	buf strings.Builder
+}
+
+func (w *tapWriter) Write(p []byte) (int, error) {
+	w.buf.Write(p)
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *tapWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

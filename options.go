@@ -19,6 +19,7 @@ type options struct {
 	writeTimeout time.Duration
 	maxClients   int
 	onEnd        func(ctx context.Context, err error)
+	hijack       bool
 }
 
 // WithHistory sets how many events each topic keeps, 1024 if n is not positive. The history
@@ -68,9 +69,11 @@ func WithHeartbeat(d time.Duration) Option {
 }
 
 // WithRetry sets the reconnection delay sent to each client when its stream starts, 3s by
-// default (when d is not positive). When the broker shuts down or turns a client away, the
-// hint it sends instead is spread between d and 2d, so that clients do not all come back in
-// the same millisecond.
+// default (when d is not positive). When the broker ends a stream while the client can still
+// read it (it shuts down, turns a client away, cuts one that fell behind, the log it follows
+// broke, or the request's context ended for another cause than the client leaving), the hint
+// it sends last is spread between d and 2d, so that clients do not all come back in the same
+// millisecond.
 func WithRetry(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {
@@ -120,4 +123,29 @@ func WithMaxClients(n int) Option {
 // context may be done already.
 func WithStreamEnd(f func(ctx context.Context, err error)) Option {
 	return func(o *options) { o.onEnd = f }
+}
+
+// WithHijack has the broker take each stream it can over from net/http and serve it from a
+// few goroutines of its own (about GOMAXPROCS, each waiting on an epoll set), so that an idle
+// stream costs no goroutine and a small fraction of the memory net/http's connection takes.
+// Turn it on for a server that holds many streams open at once, tens of thousands or more.
+//
+// A stream is taken over when it is plain HTTP/1.x over TCP on Linux (not TLS: terminate TLS at
+// a proxy in front) and the ResponseWriter can hijack its connection, through
+// http.ResponseController (a middleware that wraps it must offer Unwrap), and has not been given
+// a Content-Encoding. The broker then writes the response head itself (with "Connection: close",
+// the body ending when the connection does) or, after a greeting sent with NewStream, goes on
+// with the chunked body net/http began; it hands the connection to its pollers, and ServeEvents
+// returns at once (see ServeEvents). Every other stream (HTTP/2, TLS, a writer that cannot
+// hijack, other systems) is served in its handler, as without this option; so is one whose
+// connection a listener's wrapper hides the socket of, on the connection net/http let go of.
+//
+// What changes for a stream taken over: middleware sees the handler return as soon as the
+// stream is handed over, not when it ends, so act on a stream's end with WithStreamEnd; the
+// request's context no longer ends the stream, and a client that closes its connection, sends
+// anything more on it, or stalls a write for the write timeout ends it at once.
+// http.Server.Shutdown does not wait for such streams: register Broker.Shutdown with the
+// server's RegisterOnShutdown, and wait for it, to end them. Stats counts them as Hijacked.
+func WithHijack() Option {
+	return func(o *options) { o.hijack = true }
 }

@@ -50,13 +50,20 @@ func (b *Broker) Handler(topics ...string) http.Handler {
 // broker is shut down or over its client limit, ServeEvents answers 200 with only a retry hint
 // and ends the response, so that an EventSource comes back later: any other status would stop
 // it for good.
+//
+// With WithHijack, a stream that the broker takes over from net/http (see WithHijack) is
+// subscribed and handed to the broker's pollers, and ServeEvents returns nil at once, while the
+// stream goes on: it writes nothing more to w, and the handler must not either. Why the stream
+// ends later reaches the logger (WithLogger) and the function WithStreamEnd sets, as for every
+// stream; what ServeEvents returns for a stream it refuses, or for one it serves in the
+// handler, is as above.
 func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...string) error {
+	end := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: topics, began: time.Now()}
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
-		return errMethod
+		return b.ended(end, 0, errMethod)
 	}
-	end := &ending{ctx: r.Context(), remote: r.RemoteAddr, topics: topics, began: time.Now()}
 	if err := checkFlush(w); err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return b.ended(end, 0, err)
@@ -76,11 +83,21 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 	c, start, missed, err := b.joinWaiting(r.Context(), topics, lastEventID(r))
 	if err != nil {
 		if ctxErr := r.Context().Err(); ctxErr != nil && errors.Is(err, ctxErr) {
-			return b.ended(end, 0, contextEnded(r.Context())) // it ended while the client waited
+			// It ended while the client waited for Append.
+			err = contextEnded(r.Context())
+			if err != nil {
+				s.write(appendRetry(nil, b.retryLater())) // the client is still there
+			}
+			return b.ended(end, 0, err)
 		}
 		b.stats.refused.Add(1)
 		s.write(appendRetry(nil, b.retryLater()))
 		return b.ended(end, 0, err)
+	}
+	if b.opts.hijack {
+		if handled, err := b.hijack(w, r, c, start, missed, end); handled {
+			return err // nil once the broker's pollers serve the stream
+		}
 	}
 	defer b.leave(c)
 	err = b.stream(r.Context(), s, c, start, missed)
@@ -176,6 +193,8 @@ func (b *Broker) logEnd(e *ending, sent int, err error) {
 		level, reason = slog.LevelWarn, "refused: too many clients"
 	case errors.Is(err, ErrClosed):
 		reason = "shutdown"
+	case err == errMethod:
+		reason = "method not allowed"
 	case err != nil:
 		level, reason = slog.LevelWarn, err.Error() // the request's context ended
 	}
@@ -495,6 +514,7 @@ func (b *Broker) leave(c *client) {
 		}
 		if b.drained != nil {
 			close(b.drained)
+			b.stopPollers() // no stream is left, and none can come
 		}
 	}
 }

@@ -153,6 +153,9 @@
 //
 // Broker is safe for concurrent use. Each stream is written only by the goroutine net/http
 // runs its handler on; the Broker starts no goroutine per client, and runs none of its own
-// but a timer's, briefly, at each heartbeat tick.
+// but a timer's, briefly, at each heartbeat tick. With [WithHijack], a stream the broker takes
+// over is written instead by one of its pollers: about GOMAXPROCS goroutines in all, started
+// with the first such stream and ended by [Broker.Shutdown], each waiting on an epoll set of
+// the streams it holds, none per stream. Both follow the same rules, with the same client state.
 // Encoder and Stream are not safe for concurrent use.
 package sse

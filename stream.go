@@ -34,6 +34,9 @@ func NewStream(w http.ResponseWriter, r *http.Request) (*Stream, error) {
 	if err := fw.write(); err != nil {
 		return nil, err
 	}
+	// Set once the head is out, the mark never reaches the wire; it tells ServeEvents, under
+	// WithHijack, that the body has begun.
+	w.Header()[startedKey] = nil
 	return &Stream{ctx: r.Context(), fw: fw, enc: NewEncoder(fw)}, nil
 }
 

@@ -660,3 +660,87 @@ func TestTickWakeNotLost(t *testing.T) {
 			func() bool { return seen.Load() == want })
 	}
 }
+
+// TestBreakEndsClientsBehind checks the end reason of a client that has events left to read
+// when the log breaks (one busy writing, say): it ends with ErrEventsLost, as every client the
+// break ends, and not as a slow client, though the break drops the events it had not read.
+// The client looks at its stream as soon as the break begins to drop them.
+func TestBreakEndsClientsBehind(t *testing.T) {
+	b := NewBroker(WithHeartbeat(-1), WithHistory(1<<16), WithHistoryMemory(-1))
+	defer b.Shutdown(context.Background())
+	if err := b.Follow("e1", 0); err != nil {
+		t.Fatal(err)
+	}
+	c, _, _, err := b.join([]string{"a"}, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.leave(c)
+	const held = 20000 // dropping them all takes the break a while
+	for n := range uint64(held) {
+		if err := b.Append("e1", n+1, time.Time{}, Event{Data: "x"}, "a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ended := make(chan error, 1)
+	go func() { // the client, which has read none of them
+		tp := c.cursors[0].t
+		for deadline := time.Now().Add(10 * time.Second); tp.tail.Load() == 0 && time.Now().Before(deadline); {
+		}
+		_, end := c.next(b)
+		ended <- end
+	}()
+	if err := b.Append("e1", held+2, time.Time{}, Event{Data: "x"}, "a"); err != nil { // a gap
+		t.Fatal(err)
+	}
+	if err := <-ended; err != ErrEventsLost {
+		t.Errorf("a client behind at a break ended with %v, want ErrEventsLost", err)
+	}
+	if n := b.Stats().SlowDisconnects; n != 0 {
+		t.Errorf("SlowDisconnects = %d after a break, want 0", n)
+	}
+}
+
+// flushCounter is a ResponseWriter that counts its flushes: the broker's driver flushes once
+// for the preamble and once for each event or heartbeat it writes. After counting one, Flush
+// spins for a random while, to vary where the driver is when the count is seen.
+type flushCounter struct {
+	h       http.Header
+	flushes atomic.Int64
+	spin    atomic.Int64
+}
+
+func (w *flushCounter) Header() http.Header         { return w.h }
+func (w *flushCounter) WriteHeader(int)             {}
+func (w *flushCounter) Write(p []byte) (int, error) { return len(p), nil }
+
+func (w *flushCounter) Flush() {
+	w.flushes.Add(1)
+	for range rand.IntN(64) {
+		w.spin.Add(1)
+	}
+}
+
+// TestStreamWakeNotLost checks the handler driver's waiting, as TestTickWakeNotLost checks
+// the client's state: an event published while the driver is between looking for events and
+// waiting reaches the client, with heartbeats off, so nothing else would wake it. Each event
+// is published as soon as the last one was flushed, and the flush returns after a random
+// spin, so that the publishes fall all over the driver's way from its write back to waiting.
+func TestStreamWakeNotLost(t *testing.T) {
+	b := NewBroker(WithHeartbeat(-1))
+	defer b.Shutdown(context.Background())
+	w := &flushCounter{h: http.Header{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.ServeEvents(w, httptest.NewRequestWithContext(ctx, "GET", "/", nil)) }()
+	defer func() { cancel(); <-done }()
+	stop := time.Now().Add(time.Second)
+	for i := int64(1); time.Now().Before(stop); i++ {
+		for bound := time.Now().Add(5 * time.Second); w.flushes.Load() < i; {
+			if time.Now().After(bound) {
+				t.Fatalf("event %d was not written within 5s: a wake-up was lost", i-1)
+			}
+		}
+		publish(t, b, "x")
+	}
+}

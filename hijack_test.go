@@ -1,0 +1,452 @@
+//go:build linux
+
+package sse
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"sse/internal/spec"
+)
+
+// rawStream is a client of an event stream over a TCP connection of its own, which it reads
+// only when told to.
+type rawStream struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+	resp *http.Response
+}
+
+// dialStream sends a GET of path to addr; if head, it reads the response's head.
+func dialStream(t *testing.T, addr, path string, head bool) *rawStream {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+	rs := &rawStream{t: t, conn: conn, r: bufio.NewReader(conn)}
+	if head {
+		rs.readHead()
+	}
+	return rs
+}
+
+func (rs *rawStream) readHead() {
+	rs.t.Helper()
+	rs.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(rs.r, nil)
+	if err != nil {
+		rs.t.Fatalf("reading the response head: %v", err)
+	}
+	rs.resp = resp
+}
+
+// openFDs returns how many descriptors the process has open.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	des, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(des)
+}
+
+// endRecorder returns a WithStreamEnd option that sends every end to the channel.
+func endRecorder(n int) (Option, chan error) {
+	ends := make(chan error, n)
+	return WithStreamEnd(func(_ context.Context, err error) { ends <- err }), ends
+}
+
+// A plain HTTP/1.1 stream is taken over: the handler returns at once with nil, Stats counts it,
+// the head is the broker's own (the same headers, the body ending with the connection), and
+// events still reach the client. Streams that cannot be taken over are served as before.
+func TestHijackTakesOver(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack())
+	returned := make(chan error, 4)
+	s := newServer(t, http1, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-App", "kept")
+		if r.URL.Path == "/nounwrap" {
+			w = flushOnly{w}
+		}
+		returned <- b.ServeEvents(w, r)
+	}))
+	ts := s.openN(t, "/", 1)
+	select {
+	case err := <-returned:
+		if err != nil {
+			t.Errorf("ServeEvents returned %v, want nil once the stream is handed over", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeEvents did not return while the stream is open")
+	}
+	if st := b.Stats(); st.Hijacked != 1 || st.Clients != 1 {
+		t.Errorf("Hijacked, Clients = %d, %d; want 1, 1", st.Hijacked, st.Clients)
+	}
+	h := ts.resp.Header
+	if h.Get("Content-Type") != "text/event-stream; charset=utf-8" || h.Get("Cache-Control") != "no-cache" ||
+		h.Get("X-Accel-Buffering") != "no" || h.Get("X-App") != "kept" || h.Get("Date") == "" || !ts.resp.Close {
+		t.Errorf("head %v (close %v), want the stream's headers, the handler's, a Date and Connection: close", h, ts.resp.Close)
+	}
+	publish(t, b, "1")
+	publish(t, b, "2")
+	ts.expect("1", "2")
+
+	// A writer that hides the connection is served in its handler.
+	other := s.openN(t, "/nounwrap", 2)
+	if st := b.Stats(); st.Hijacked != 1 {
+		t.Errorf("Hijacked = %d with a writer that cannot hijack, want 1", st.Hijacked)
+	}
+	publish(t, b, "3")
+	ts.expect("3")
+	other.expect("3")
+
+	ts.close()
+	waitFor(t, "the stream to end", func() bool { return b.Stats().Hijacked == 0 })
+	other.close()
+	<-returned
+}
+
+// HTTP/2 streams are never taken over.
+func TestHijackNotHTTP2(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack())
+	s := newServer(t, http2, b, b.Handler())
+	ts := s.openN(t, "/", 1)
+	publish(t, b, "x")
+	ts.expect("x")
+	if st := b.Stats(); st.Hijacked != 0 {
+		t.Errorf("Hijacked = %d over HTTP/2, want 0", st.Hijacked)
+	}
+}
+
+// A client that closes its connection, or sends anything on it, leaves at once: with no
+// heartbeat and nothing published, nothing is written that could fail first.
+func TestHijackCloseDetected(t *testing.T) {
+	checkGoroutines(t)
+	onEnd, ends := endRecorder(4)
+	b := NewBroker(WithHijack(), WithHeartbeat(-1), onEnd)
+	s := newServer(t, http1, b, b.Handler())
+	addr := s.Listener.Addr().String()
+	// The first stream starts the pollers, whose descriptors stay.
+	s.openN(t, "/", 1).close()
+	waitFor(t, "the first stream to end", func() bool { return b.Stats().Clients == 0 })
+	<-ends
+	for _, how := range []string{"close", "send bytes", "reset"} {
+		base := openFDs(t)
+		rs := dialStream(t, addr, "/", true)
+		waitFor(t, "the stream to be handed over", func() bool { return b.Stats().Hijacked == 1 })
+		switch how {
+		case "close":
+			rs.conn.Close()
+		case "send bytes":
+			rs.conn.Write([]byte("GET / HTTP/1.1\r\n"))
+		case "reset":
+			rs.conn.(*net.TCPConn).SetLinger(0)
+			rs.conn.Close()
+		}
+		begin := time.Now()
+		waitWithin(t, time.Second, how+": the client to leave", func() bool { return b.Stats().Clients == 0 })
+		t.Logf("%s: left after %v", how, time.Since(begin))
+		if st := b.Stats(); st.Hijacked != 0 {
+			t.Errorf("%s: Hijacked = %d, want 0", how, st.Hijacked)
+		}
+		if err := <-ends; err != nil {
+			t.Errorf("%s: the stream ended with %v, want nil (the client went away)", how, err)
+		}
+		rs.conn.Close()
+		waitFor(t, "descriptors to be closed", func() bool { return openFDs(t) <= base })
+	}
+}
+
+// A client that stops reading is cut at the write timeout, counted as slow, while the clients
+// that read receive every event.
+func TestHijackSlowClient(t *testing.T) {
+	checkGoroutines(t)
+	const readers, events = 5, 2500
+	onEnd, ends := endRecorder(readers + 1)
+	b := NewBroker(WithHijack(), WithWriteTimeout(time.Second), WithHistory(events), onEnd)
+	s := newServer(t, http1, b, b.Handler())
+	// A small receive buffer, set before the connection is made (so that its window is
+	// small too), fills with little.
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return nil
+	}}
+	conn, err := d.Dial("tcp", s.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // and never read
+	waitFor(t, "the stalled client", func() bool { return b.Stats().Clients == 1 })
+	var wg sync.WaitGroup
+	got := make([]int, readers)
+	for i := range readers {
+		rs := dialStream(t, s.Listener.Addr().String(), "/", true)
+		wg.Go(func() {
+			d := spec.NewDecoder(rs.resp.Body)
+			for got[i] < events {
+				ev, err := d.Next()
+				if err != nil {
+					t.Errorf("reader %d after %d events: %v", i, got[i], err)
+					return
+				}
+				if want := fmt.Sprint(got[i]); ev.Data[:len(want)] != want {
+					t.Errorf("reader %d: event %q, want %s…", i, ev.Data[:10], want)
+					return
+				}
+				got[i]++
+			}
+		})
+	}
+	waitFor(t, "every client", func() bool { return b.Stats().Clients == readers+1 })
+	pad := strings.Repeat("x", 4<<10) // 10 MB in all, more than the socket buffers hold
+	for i := range events {
+		publish(t, b, fmt.Sprint(i)+pad)
+	}
+	wg.Wait()
+	select {
+	case err = <-ends:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the stalled stream was not cut; %+v", b.Stats())
+	}
+	if !errors.Is(err, ErrSlowClient) || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the stalled stream ended with %v, want ErrSlowClient and os.ErrDeadlineExceeded", err)
+	}
+	if st := b.Stats(); st.SlowDisconnects != 1 || st.Clients != readers {
+		t.Errorf("SlowDisconnects, Clients = %d, %d; want 1, %d", st.SlowDisconnects, st.Clients, readers)
+	}
+}
+
+// A handler that greets its client with NewStream and Send, then calls ServeEvents, has the
+// stream taken over all the same: the chunked body net/http began goes on.
+func TestHijackGreeting(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack())
+	s := newServer(t, http1, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st, err := NewStream(w, r)
+		if err != nil {
+			return
+		}
+		st.Send(Event{Type: "hello", Data: "greeting"})
+		b.ServeEvents(w, r)
+	}))
+	ts := s.openN(t, "/", 1)
+	if len(ts.resp.TransferEncoding) != 1 || ts.resp.TransferEncoding[0] != "chunked" {
+		t.Errorf("TransferEncoding %v, want chunked", ts.resp.TransferEncoding)
+	}
+	if ev := ts.next(); ev.Type != "hello" || ev.Data != "greeting" {
+		t.Errorf("first event %+v, want the greeting", ev)
+	}
+	waitFor(t, "the stream to be handed over", func() bool { return b.Stats().Hijacked == 1 })
+	publish(t, b, "1")
+	publish(t, b, strings.Repeat("y", 100<<10)) // in several writes
+	ts.expect("1", strings.Repeat("y", 100<<10))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b.Shutdown(ctx)
+	// The body ends properly: the last chunk, after the retry hint.
+	ts.expectEnd()
+	if ts.dec.Retry() == 0 {
+		t.Error("no retry hint before the end")
+	}
+}
+
+// http.Server.Shutdown does not know the connections the broker took over: the broker's
+// Shutdown, registered with RegisterOnShutdown, ends them with a retry hint and closes them.
+func TestHijackServerShutdown(t *testing.T) {
+	checkGoroutines(t)
+	const n = 500
+	b := NewBroker(WithHijack())
+	srv := &http.Server{Handler: b.Handler()}
+	srv.RegisterOnShutdown(func() { b.Shutdown(context.Background()) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	streams := make([]*rawStream, n)
+	for i := range streams {
+		streams[i] = dialStream(t, ln.Addr().String(), "/", false)
+	}
+	waitFor(t, "every stream to be handed over", func() bool { return b.Stats().Hijacked == n })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("http.Server.Shutdown = %v", err)
+	}
+	if err := <-served; err != http.ErrServerClosed {
+		t.Errorf("Serve = %v", err)
+	}
+	for i, rs := range streams {
+		rs.readHead()
+		body, err := io.ReadAll(rs.resp.Body)
+		if err != nil || !strings.Contains(string(body), "retry: ") {
+			t.Fatalf("stream %d: body %q, %v; want a retry hint, then the end", i, body, err)
+		}
+	}
+	// Shutdown again waits for the streams to be closed, as the application does.
+	if err := b.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+	if st := b.Stats(); st.Clients != 0 || st.Hijacked != 0 {
+		t.Errorf("Clients, Hijacked = %d, %d after Shutdown, want 0, 0", st.Clients, st.Hijacked)
+	}
+}
+
+// Thousands of streams opened and aborted, then thousands opened and shut down, leave no
+// descriptor and no goroutine behind: the pollers' own end with the broker.
+func TestHijackNoLeaks(t *testing.T) {
+	checkGoroutines(t)
+	n := 2000
+	if testing.Short() {
+		n = 200
+	}
+	fds := openFDs(t)
+	b := NewBroker(WithHijack())
+	s := newServer(t, http1, b, b.Handler())
+	addr := s.Listener.Addr().String()
+	for round := range 2 {
+		streams := make([]*rawStream, n)
+		for i := range streams {
+			streams[i] = dialStream(t, addr, "/", false)
+		}
+		waitFor(t, "every stream", func() bool { return b.Stats().Hijacked == int64(n) })
+		publish(t, b, "x")
+		for i, rs := range streams {
+			if i%2 == 0 {
+				rs.readHead() // some read, some abort unread
+			}
+			if round == 0 {
+				rs.conn.Close()
+			}
+		}
+		if round == 0 {
+			waitFor(t, "the aborted streams to end", func() bool { return b.Stats().Clients == 0 })
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := b.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		cancel()
+		for _, rs := range streams {
+			rs.conn.Close()
+		}
+	}
+	s.Close()
+	if st := b.Stats(); st.Clients != 0 || st.Hijacked != 0 {
+		t.Errorf("Clients, Hijacked = %d, %d, want 0, 0", st.Clients, st.Hijacked)
+	}
+	// The pollers close their epoll sets as they end, just after Shutdown returns.
+	waitFor(t, "descriptors back to where they were", func() bool { return openFDs(t) <= fds })
+}
+
+// hidingListener hands net/http connections that hide their socket, as a listener's wrapper
+// (netutil.LimitListener's, say) does.
+type hidingListener struct{ net.Listener }
+
+type hidingConn struct{ net.Conn }
+
+func (l hidingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return hidingConn{c}, nil
+}
+
+// A connection whose socket the pollers cannot reach is served in its handler, on the
+// connection net/http let go of: events, a greeting's chunked body, a client that leaves, and
+// Shutdown all work as in the handler driver, and ServeEvents returns why the stream ended.
+func TestHijackHiddenSocket(t *testing.T) {
+	checkGoroutines(t)
+	onEnd, ends := endRecorder(4)
+	b := NewBroker(WithHijack(), WithHeartbeat(-1), onEnd)
+	returned := make(chan error, 4)
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/greet" {
+			st, err := NewStream(w, r)
+			if err != nil {
+				return
+			}
+			st.Send(Event{Data: "hello"})
+		}
+		returned <- b.ServeEvents(w, r)
+	}))
+	ts.Listener = hidingListener{ts.Listener}
+	ts.Start()
+	s := &server{ts, b}
+	t.Cleanup(ts.Close)
+
+	gone := s.openN(t, "/", 1)
+	greeted := s.openN(t, "/greet", 2)
+	if !gone.resp.Close || len(greeted.resp.TransferEncoding) != 1 {
+		t.Errorf("Close %v, TransferEncoding %v: want the broker's head, then the chunked body", gone.resp.Close, greeted.resp.TransferEncoding)
+	}
+	greeted.expect("hello")
+	publish(t, b, "1")
+	gone.expect("1")
+	greeted.expect("1")
+	if st := b.Stats(); st.Hijacked != 0 {
+		t.Errorf("Hijacked = %d, want 0: the pollers cannot reach these sockets", st.Hijacked)
+	}
+	gone.close()
+	waitFor(t, "the client that left", func() bool { return b.Stats().Clients == 1 })
+	if err := <-returned; err != nil {
+		t.Errorf("ServeEvents returned %v for a client that left, want nil", err)
+	}
+	if err := <-ends; err != nil {
+		t.Errorf("the stream ended with %v, want nil", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	greeted.expectEnd() // the retry hint, then the body's last chunk
+	if greeted.dec.Retry() == 0 {
+		t.Error("no retry hint")
+	}
+	if err := <-returned; !errors.Is(err, ErrClosed) {
+		t.Errorf("ServeEvents returned %v at Shutdown, want ErrClosed", err)
+	}
+}
+
+// A stream taken over holds no goroutine: the pollers, started with the first, serve them all.
+func TestHijackNoGoroutinePerStream(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack())
+	s := newServer(t, http1, b, b.Handler())
+	dialStream(t, s.Listener.Addr().String(), "/", true)
+	waitFor(t, "the first stream", func() bool { return b.Stats().Hijacked == 1 })
+	before := runtime.NumGoroutine()
+	const n = 200
+	for range n {
+		dialStream(t, s.Listener.Addr().String(), "/", false) // raw connections: no goroutine of the client's
+	}
+	waitFor(t, "every stream", func() bool { return b.Stats().Hijacked == n+1 })
+	publish(t, b, "x")
+	// net/http's goroutines of the last connections may still be ending; a couple more that
+	// come and go (a heartbeat tick's) are allowed for.
+	waitFor(t, "net/http's goroutines to end", func() bool { return runtime.NumGoroutine()-before <= 2 })
+}
