@@ -132,6 +132,7 @@ func runOne(s scenario, lib, sc, profile string, budget time.Duration) row {
 
 // server is a running server process.
 type server struct {
+	lib     string
 	cmd     *exec.Cmd
 	pid     int
 	addr    string
@@ -160,7 +161,7 @@ func startServer(ctx context.Context, lib, sc, profile string, extra ...string) 
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &server{cmd: cmd, pid: cmd.Process.Pid, ctl: &http.Client{}, profile: profile}
+	s := &server{lib: lib, cmd: cmd, pid: cmd.Process.Pid, ctl: &http.Client{}, profile: profile}
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(out)

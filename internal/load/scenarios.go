@@ -448,6 +448,7 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 	if st.Cut > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("the floor cut %d sockets whose write would have blocked", st.Cut))
 	}
+	r.notes = append(r.notes, takenOver(s, st)...)
 	if o := outOfOrder(conns); o > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
 	}
@@ -640,6 +641,7 @@ func runIdle(ctx context.Context, s *server, n int) row {
 	perConn := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / float64(n) / 1024 }
 	r.notes = append(r.notes, fmt.Sprintf("KiB/conn: heap %.2f, stacks %.2f, all runtime memory %.2f",
 		perConn(st0.HeapInuse, st1.HeapInuse), perConn(st0.StackInuse, st1.StackInuse), perConn(st0.RuntimeSys, st1.RuntimeSys)))
+	r.notes = append(r.notes, takenOver(s, st1)...)
 	if st1.Handlers > 0 && st1.Handlers != st1.Streams {
 		// A library that takes streams over from net/http should leave no handler running;
 		// one that does is serving those streams in its handlers after all.
@@ -791,6 +793,7 @@ func runSlow(ctx context.Context, s *server) row {
 	if st.SSE != nil {
 		r.notes = append(r.notes, fmt.Sprintf("slow disconnects: %d", st.SSE.SlowDisconnects))
 	}
+	r.notes = append(r.notes, takenOver(s, st)...)
 	if o := outOfOrder(conns); o > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
 	}
@@ -831,3 +834,17 @@ func watchGone(ctx context.Context, s *server, n int, gone chan<- int64) {
 }
 
 func numCPU() int { return runtime.NumCPU() }
+
+// takenOver notes, for sse-hijack, how many of its streams the Broker's pollers serve
+// (Stats().Hijacked): every load connection is plain HTTP/1.1, so all should be, and a row
+// whose streams were served in their handlers instead would measure the other mode.
+func takenOver(s *server, st serverStats) []string {
+	if s.lib != "sse-hijack" || st.SSE == nil {
+		return nil
+	}
+	n := fmt.Sprintf("%d of %d streams taken over", st.SSE.Hijacked, st.SSE.Clients)
+	if st.SSE.Hijacked != st.SSE.Clients {
+		n = "ONLY " + n
+	}
+	return []string{n}
+}

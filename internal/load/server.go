@@ -107,10 +107,7 @@ func newOurs(scenario string, hijack bool) (*ours, error) {
 	var opts []sse.Option
 	var cfg []string
 	if hijack {
-		if hijackOption == nil {
-			return nil, errors.New("sse-hijack: this build of sse has no WithHijack")
-		}
-		opts = append(opts, hijackOption())
+		opts = append(opts, sse.WithHijack())
 		cfg = append(cfg, "WithHijack()")
 	}
 	if n := depth(scenario); n != 1024 {
@@ -150,10 +147,7 @@ func newRedisNode(scenario, addr string, hijack bool) (*redisNode, error) {
 	var bopts []sse.Option
 	var bcfg []string
 	if hijack {
-		if hijackOption == nil {
-			return nil, errors.New("sse-hijack: this build of sse has no WithHijack")
-		}
-		bopts = append(bopts, hijackOption())
+		bopts = append(bopts, sse.WithHijack())
 		bcfg = append(bcfg, "sse.WithHijack()")
 	}
 	if n := depth(scenario); n != 1024 {
