@@ -38,11 +38,14 @@ type conn struct {
 
 const request = "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
 
-// dial opens a connection to addr and sends the request. If read is set, a goroutine reads
-// the stream until it ends; otherwise nothing ever reads from the socket (a client that has
-// stopped reading, whose receive window fills).
-func dial(ctx context.Context, addr string, read bool, readBuf int) (*conn, error) {
+// dial opens a connection to addr, from source address src if it is not nil, and sends the
+// request. If read is set, a goroutine reads the stream until it ends; otherwise nothing ever
+// reads from the socket (a client that has stopped reading, whose receive window fills).
+func dial(ctx context.Context, addr string, src net.IP, read bool, readBuf int) (*conn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
+	if src != nil {
+		d.LocalAddr = &net.TCPAddr{IP: src}
+	}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -266,8 +269,9 @@ func (p *parser) dispatch() {
 	}
 }
 
-// dialAll opens n connections with a few dials at a time, the listen backlog being finite.
-func dialAll(ctx context.Context, addr string, n int, read bool, readBuf int) ([]*conn, error) {
+// dialAll opens n connections with a few dials at a time, the listen backlog being finite;
+// with srcs, from each of those source addresses in turn.
+func dialAll(ctx context.Context, addr string, n int, srcs []net.IP, read bool, readBuf int) ([]*conn, error) {
 	conns := make([]*conn, n)
 	var (
 		wg       sync.WaitGroup
@@ -282,7 +286,11 @@ func dialAll(ctx context.Context, addr string, n int, read bool, readBuf int) ([
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			c, err := dial(ctx, addr, read, readBuf)
+			var src net.IP
+			if len(srcs) > 0 {
+				src = srcs[i%len(srcs)]
+			}
+			c, err := dial(ctx, addr, src, read, readBuf)
 			if err != nil {
 				mu.Lock()
 				if firstErr == nil {
@@ -332,4 +340,27 @@ func received(conns []*conn, phase int) int64 {
 		n += c.count[phase].Load()
 	}
 	return n
+}
+
+// portsPerSource is how many connections the load side opens from one source address when it
+// spreads them: a socket bound to an address before it connects takes an ephemeral port of
+// its own on that address (28,232 in Linux's default range), whoever else uses them.
+const portsPerSource = 5000
+
+// maxSources bounds the source addresses: 127.0.0.2 to 127.0.0.251.
+const maxSources = 250
+
+// sources returns the source addresses for n connections to a server on 127.0.0.1: nil (the
+// kernel's choice) for at most portsPerSource, else 127.0.0.2, 127.0.0.3, ... with at most
+// portsPerSource each. Linux routes all of 127.0.0.0/8 to the loopback interface.
+func sources(n int) []net.IP {
+	if n <= portsPerSource {
+		return nil
+	}
+	k := (n + portsPerSource - 1) / portsPerSource
+	srcs := make([]net.IP, k)
+	for i := range srcs {
+		srcs[i] = net.IPv4(127, 0, 0, byte(2+i))
+	}
+	return srcs
 }

@@ -27,14 +27,15 @@ import (
 	"time"
 )
 
-var allLibs = []string{"sse", "r3labs", "tmaxmax", "alexandrevicenzi", "bare", "bare-retry"}
+var allLibs = []string{"sse", "sse-hijack", "floor", "r3labs", "tmaxmax", "alexandrevicenzi", "bare", "bare-retry"}
 
 func main() {
 	serveLib := flag.String("serve", "", "run as the server process for `library` (used by the load process)")
 	scenarioName := flag.String("scenario", "", "with -serve: the scenario to set the library up for")
 	cpuprofile := flag.String("cpuprofile", "", "write CPU profiles of the server processes (from the first measured publish to the end) into `dir`, one per scenario and library; with -serve, the file")
 	redisAddr := flag.String("redis", "", "with -serve: serve from a redisbroker node on the Redis at `addr` (used by the cluster scenario)")
-	scenarios := flag.String("scenarios", "fanout,rate,idle,slow,cluster", "comma-separated `list` of scenarios")
+	scenarios := flag.String("scenarios", "fanout,rate,steady,idle,idle-max,slow,churn,close,cluster", "comma-separated `list` of scenarios")
+	idleN := flag.Int("idle-n", 0, "connections in idle-max (default: the hard limit on open files, less a margin)")
 	libs := flag.String("libs", strings.Join(allLibs, ","), "comma-separated `list` of libraries")
 	budget := flag.Duration("budget", 60*time.Second, "the most one scenario may take for one library")
 	flag.Parse()
@@ -60,15 +61,27 @@ func main() {
 	}
 	fmt.Printf("load: GOMAXPROCS=%s, %d CPUs, open files limit %d (each process)\n",
 		envOr("GOMAXPROCS", "default"), numCPU(), fileLimit())
+	n, why := *idleN, "-idle-n"
+	if n <= 0 {
+		hard := hardFileLimit()
+		n = int(min(hard-min(hard, idleMaxMargin), maxSources*portsPerSource))
+		why = fmt.Sprintf("the hard limit on open files, %d, less %d", hard, idleMaxMargin)
+	}
+	if slices.Contains(strings.Split(*scenarios, ","), "idle-max") &&
+		(n <= 0 || uint64(n)+idleMaxMargin > fileLimit() || n > maxSources*portsPerSource) {
+		log.Fatalf("idle-max: %d connections: more than the open files limit %d allows with a margin of %d, or than %d source addresses carry",
+			n, fileLimit(), idleMaxMargin, maxSources)
+	}
+	scenarioByName["idle-max"] = idleMax(n, why)
 	for sc := range strings.SplitSeq(*scenarios, ",") {
 		s, ok := scenarioByName[sc]
 		if !ok {
 			log.Fatalf("unknown scenario %q", sc)
 		}
-		t := &table{title: s.title, header: s.header}
+		t := &table{title: s.title, header: s.header, compare: s.compare}
 		for _, lib := range libList {
 			if s.cluster != nil {
-				if lib != "sse" {
+				if lib != "sse" && lib != "sse-hijack" {
 					continue // the Redis module is this module's
 				}
 				for _, c := range s.cluster {
@@ -77,8 +90,11 @@ func main() {
 				}
 				continue
 			}
-			if strings.HasPrefix(lib, "bare") && sc != "idle" {
-				continue // bare cannot publish: it is the floor for idle connections only
+			if s.skip != nil {
+				if why := s.skip(lib); why != "" {
+					log.Printf("%s/%s: skipped: %s", sc, lib, why)
+					continue
+				}
 			}
 			profile := ""
 			if *cpuprofile != "" {
@@ -116,6 +132,7 @@ func runOne(s scenario, lib, sc, profile string, budget time.Duration) row {
 
 // server is a running server process.
 type server struct {
+	lib     string
 	cmd     *exec.Cmd
 	pid     int
 	addr    string
@@ -144,7 +161,7 @@ func startServer(ctx context.Context, lib, sc, profile string, extra ...string) 
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &server{cmd: cmd, pid: cmd.Process.Pid, ctl: &http.Client{}, profile: profile}
+	s := &server{lib: lib, cmd: cmd, pid: cmd.Process.Pid, ctl: &http.Client{}, profile: profile}
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(out)

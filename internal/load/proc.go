@@ -20,6 +20,25 @@ func raiseFileLimit() {
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }
 
+// hardFileLimit returns this process's hard limit on open files, the most it may raise its
+// limit to.
+func hardFileLimit() uint64 {
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return lim.Max
+}
+
+// openFiles returns how many descriptors process pid has open, from /proc/PID/fd.
+func openFiles(pid int) (int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	return len(names), err
+}
+
 func fileLimit() uint64 {
 	var lim syscall.Rlimit
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)

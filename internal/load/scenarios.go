@@ -16,7 +16,51 @@ type scenario struct {
 	title   string
 	header  []string
 	run     func(ctx context.Context, s *server) row
-	cluster []clusterConfig // instead of run: one row per configuration, for lib sse only
+	cluster []clusterConfig // instead of run: one row per configuration, for sse and sse-hijack only
+	// skip says why lib cannot take part, or "" if it can. nil: every library can.
+	skip func(lib string) string
+	// compare names the row metrics printed under the table as ratios to sse's.
+	compare []metric
+}
+
+// A metric is one figure of a row, by key, that the ratios under a table compare.
+type metric struct{ key, label string }
+
+var (
+	deliveryCompare = []metric{{"cpu", "CPU per delivery"}, {"p99", "p99"}, {"rate", "deliveries/s"}}
+	idleCompare     = []metric{{"rss", "RSS per stream"}, {"mem", "heap+stack per stream"}}
+)
+
+// comparedWith is the library the ratios under a table are to, and compared those they are of.
+const comparedWith = "sse"
+
+var compared = []string{"sse-hijack", "floor"}
+
+// needsPublish is the skip of the scenarios that publish: the bare handlers cannot.
+func needsPublish(lib string) string {
+	if strings.HasPrefix(lib, "bare") {
+		return "it cannot publish (the floor for idle connections only)"
+	}
+	return ""
+}
+
+// idleHeader is the header of idle and idle-max.
+var idleHeader = []string{"library", "connected", "RSS Δ MiB", "RSS/conn KiB", "heap+stack/conn KiB", "goroutines/conn", "notes"}
+
+// idleMaxMargin is how many descriptors idle-max leaves free in each process, below its hard
+// limit, for what is not a stream: the listener, the control connections, the runtime's.
+const idleMaxMargin = 256
+
+// idleMax is the idle-max scenario for n connections; why says where n comes from.
+func idleMax(n int, why string) scenario {
+	return scenario{
+		title:  fmt.Sprintf("idle-max: %s connections that receive nothing (%s)", thousands(n), why),
+		header: idleHeader,
+		run: func(ctx context.Context, s *server) row {
+			return runIdle(ctx, s, n)
+		},
+		compare: idleCompare,
+	}
 }
 
 var scenarioByName = map[string]scenario{
@@ -26,6 +70,8 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runDelivery(ctx, s, 1000, 5000, 64, 0)
 		},
+		skip:    needsPublish,
+		compare: deliveryCompare,
 	},
 	"rate": {
 		title:  "rate: 1,000 clients, 1,000 events/s of 64 B for 5 s",
@@ -33,13 +79,45 @@ var scenarioByName = map[string]scenario{
 		run: func(ctx context.Context, s *server) row {
 			return runDelivery(ctx, s, 1000, 5000, 64, 1000)
 		},
+		skip:    needsPublish,
+		compare: deliveryCompare,
+	},
+	"steady": {
+		title:  "steady: 1,000 clients, 50 events/s of 64 B for 10 s",
+		header: deliveryHeader,
+		run: func(ctx context.Context, s *server) row {
+			return runDelivery(ctx, s, 1000, 500, 64, 50)
+		},
+		skip:    needsPublish,
+		compare: deliveryCompare,
 	},
 	"idle": {
 		title:  "idle: 10,000 connections that receive nothing",
-		header: []string{"library", "connected", "RSS Δ MiB", "RSS/conn KiB", "heap+stack/conn KiB", "goroutines/conn", "notes"},
+		header: idleHeader,
 		run: func(ctx context.Context, s *server) row {
 			return runIdle(ctx, s, 10000)
 		},
+		compare: idleCompare,
+	},
+	// "idle-max" is set up by main, which knows the limit.
+	"churn": {
+		title: "churn: 20,000 connections, each opening a stream and resetting it as soon as the response begins, " +
+			"from 8 goroutines; then how soon the server is back to its baseline",
+		header: []string{"library", "connections", "conn/s", "srv CPU-µs/conn", "fds back after", "goroutines back after", "clients back after", "notes"},
+		run:    runChurn,
+		skip: func(lib string) string {
+			if lib == "tmaxmax" {
+				return "it sends no response until the first event, so the load side cannot tell a stream is open"
+			}
+			return ""
+		},
+		compare: []metric{{"cpu", "CPU per connection"}},
+	},
+	"close": {
+		title:   "close: 100 trials, each one client that connects and closes (FIN and reset in turn), until the server counts one client less",
+		header:  []string{"library", "trials", "p50 ms", "p99 ms", "max ms", "FIN p50 / max ms", "reset p50 / max ms", "notes"},
+		run:     runClose,
+		compare: []metric{{"p50", "p50"}, {"p99", "p99"}},
 	},
 	"cluster": {
 		title: "cluster: 3 processes, each a redisbroker node on one namespace of one local redis-server, " +
@@ -55,6 +133,12 @@ var scenarioByName = map[string]scenario{
 			"without (A) and then with (B) one more client that never reads; up to 3 rounds",
 		header: []string{"library", "publish A s", "publish B s", "B/A", "slow client gone after", "others delivered/expected", "p99 ms", "RSS MiB", "peak RSS MiB", "notes"},
 		run:    runSlow,
+		skip: func(lib string) string {
+			if lib == "floor" {
+				return "it cuts any socket whose write would block: it has no slow-client policy to measure"
+			}
+			return needsPublish(lib)
+		},
 	},
 }
 
@@ -62,16 +146,25 @@ var deliveryHeader = []string{"library", "delivered/expected", "deliveries/s", "
 
 // row is one library's result in a scenario's table.
 type row struct {
-	lib    string
-	config string
-	cells  []string // all columns but the library and the notes
-	notes  []string
+	lib     string
+	config  string
+	cells   []string // all columns but the library and the notes
+	notes   []string
+	metrics map[string]float64 // figures the ratios under the table compare, by metric key
+}
+
+func (r *row) set(key string, v float64) {
+	if r.metrics == nil {
+		r.metrics = make(map[string]float64)
+	}
+	r.metrics[key] = v
 }
 
 type table struct {
-	title  string
-	header []string
-	rows   []row
+	title   string
+	header  []string
+	rows    []row
+	compare []metric
 }
 
 func (t *table) add(r row) { t.rows = append(t.rows, r) }
@@ -123,6 +216,47 @@ func (t *table) print(w io.Writer) {
 	for _, cells := range rows[1:] {
 		line(cells)
 	}
+	t.printRatios(w)
+}
+
+// printRatios writes, under the table, the compared libraries' metrics as ratios to those
+// of comparedWith in the same run, where both rows have them.
+func (t *table) printRatios(w io.Writer) {
+	var base *row
+	for i := range t.rows {
+		if t.rows[i].lib == comparedWith {
+			base = &t.rows[i]
+		}
+	}
+	if base == nil || len(t.compare) == 0 {
+		return
+	}
+	first := true
+	for _, r := range t.rows {
+		if !slices.Contains(compared, r.lib) {
+			continue
+		}
+		var parts []string
+		for _, m := range t.compare {
+			a, okA := r.metrics[m.key]
+			b, okB := base.metrics[m.key]
+			if okA && okB && b > 0 {
+				f := "%s %.2f×"
+				if a/b < 0.1 {
+					f = "%s %.3f×"
+				}
+				parts = append(parts, fmt.Sprintf(f, m.label, a/b))
+			}
+		}
+		if len(parts) == 0 {
+			continue
+		}
+		if first {
+			fmt.Fprintln(w)
+			first = false
+		}
+		fmt.Fprintf(w, "%s ÷ %s, same run: %s\n", r.lib, comparedWith, strings.Join(parts, ", "))
+	}
 }
 
 // connectAndSync connects n reading clients and waits until each has received a sync event,
@@ -140,13 +274,13 @@ func connectAndSync(ctx context.Context, s *server, n, readBuf int) ([]*conn, er
 	return conns, nil
 }
 
-// connect connects n reading clients and waits until the server runs a handler for each.
+// connect connects n reading clients and waits until the server serves a stream for each.
 func connect(ctx context.Context, s *server, n, readBuf int) ([]*conn, error) {
-	conns, err := dialAll(ctx, s.addr, n, true, readBuf)
+	conns, err := dialAll(ctx, s.addr, n, nil, true, readBuf)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	if err := waitHandlers(ctx, s, n, 30*time.Second); err != nil {
+	if err := waitStreams(ctx, s, n, 30*time.Second); err != nil {
 		closeAll(conns)
 		return nil, err
 	}
@@ -182,19 +316,20 @@ func synced(conns []*conn) int {
 	return n
 }
 
-// waitHandlers waits until n /events handlers run in the server.
-func waitHandlers(ctx context.Context, s *server, n int, timeout time.Duration) error {
+// waitStreams waits until the server serves n streams (serverStats.Streams: the /events
+// handlers running, or the library's own count where the stream outlives its handler).
+func waitStreams(ctx context.Context, s *server, n int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		st, err := s.stats(ctx, false)
 		if err != nil {
 			return err
 		}
-		if st.Handlers == int64(n) {
+		if st.Streams == int64(n) {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%d of %d handlers running after %v", st.Handlers, n, timeout)
+			return fmt.Errorf("%d of %d streams served after %v", st.Streams, n, timeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -261,6 +396,13 @@ func pct(sorted []uint32, p float64) string {
 
 func ms(us uint32) string { return fmt.Sprintf("%.1f", float64(us)/1e3) }
 
+// setPct sets metric key of r to the p-th fraction of sorted, in ms, if there is one.
+func (r *row) setPct(key string, sorted []uint32, p float64) {
+	if len(sorted) > 0 {
+		r.set(key, float64(sorted[min(int(p*float64(len(sorted))), len(sorted)-1)])/1e3)
+	}
+}
+
 func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 
 // runDelivery is fanout and rate: clients receive n events of size bytes published at rate
@@ -281,7 +423,13 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 
 	cpuStr := "-"
 	if d.got > 0 {
-		cpuStr = fmt.Sprintf("%.2f", d.cpu[0].Seconds()/float64(d.got)*1e6)
+		cpu := d.cpu[0].Seconds() / float64(d.got) * 1e6
+		cpuStr = fmt.Sprintf("%.2f", cpu)
+		r.set("cpu", cpu)
+	}
+	r.setPct("p99", d.lat, 0.99)
+	if d.got > 0 && d.end > d.start {
+		r.set("rate", float64(d.got)/(float64(d.end-d.start)/1e9))
 	}
 	r.cells = []string{
 		fmt.Sprintf("%d/%d", d.got, d.want), d.rate(), d.publishTime(), cpuStr,
@@ -297,6 +445,10 @@ func runDelivery(ctx context.Context, s *server, clients, n, size int, rate floa
 	if st.SSE != nil && st.SSE.SlowDisconnects > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d slow disconnects", st.SSE.SlowDisconnects))
 	}
+	if st.Cut > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("the floor cut %d sockets whose write would have blocked", st.Cut))
+	}
+	r.notes = append(r.notes, takenOver(s, st)...)
 	if o := outOfOrder(conns); o > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
 	}
@@ -452,13 +604,13 @@ func runIdle(ctx context.Context, s *server, n int) row {
 		return r
 	}
 	rss0, _, _ := memory(s.pid)
-	conns, err := dialAll(ctx, s.addr, n, true, 4<<10)
+	conns, err := dialAll(ctx, s.addr, n, sources(n), true, 4<<10)
 	if err != nil {
 		r.notes = append(r.notes, "dial: "+err.Error())
 		return r
 	}
 	defer closeAll(conns)
-	if err := waitHandlers(ctx, s, n, 30*time.Second); err != nil {
+	if err := waitStreams(ctx, s, n, 30*time.Second); err != nil {
 		r.notes = append(r.notes, err.Error())
 		return r
 	}
@@ -478,8 +630,10 @@ func runIdle(ctx context.Context, s *server, n int) row {
 	}
 	dRSS := rss1 - rss0
 	dMem := int64(st1.HeapInuse+st1.StackInuse) - int64(st0.HeapInuse+st0.StackInuse)
+	r.set("rss", float64(dRSS)/float64(n))
+	r.set("mem", float64(dMem)/float64(n))
 	r.cells = []string{
-		fmt.Sprint(st1.Handlers), mib(dRSS),
+		fmt.Sprint(st1.Streams), mib(dRSS),
 		fmt.Sprintf("%.2f", float64(dRSS)/float64(n)/1024),
 		fmt.Sprintf("%.2f", float64(dMem)/float64(n)/1024),
 		fmt.Sprintf("%.2f", float64(st1.Goroutines-st0.Goroutines)/float64(n)),
@@ -487,6 +641,12 @@ func runIdle(ctx context.Context, s *server, n int) row {
 	perConn := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / float64(n) / 1024 }
 	r.notes = append(r.notes, fmt.Sprintf("KiB/conn: heap %.2f, stacks %.2f, all runtime memory %.2f",
 		perConn(st0.HeapInuse, st1.HeapInuse), perConn(st0.StackInuse, st1.StackInuse), perConn(st0.RuntimeSys, st1.RuntimeSys)))
+	r.notes = append(r.notes, takenOver(s, st1)...)
+	if st1.Handlers > 0 && st1.Handlers != st1.Streams {
+		// A library that takes streams over from net/http should leave no handler running;
+		// one that does is serving those streams in its handlers after all.
+		r.notes = append(r.notes, fmt.Sprintf("%d /events handlers still running", st1.Handlers))
+	}
 	if lc := st1.LibClients; lc >= 0 && lc != n {
 		r.notes = append(r.notes, fmt.Sprintf("library counts %d clients", lc))
 	}
@@ -543,12 +703,12 @@ func runSlow(ctx context.Context, s *server) row {
 		durA = append(durA, fmt.Sprintf("%.3f", dA.Seconds()))
 
 		// B: with one more client, which never reads.
-		slow, err := dial(ctx, s.addr, false, 0)
+		slow, err := dial(ctx, s.addr, nil, false, 0)
 		if err != nil {
 			r.notes = append(r.notes, "slow client: "+err.Error())
 			break
 		}
-		if err := waitHandlers(ctx, s, readers+1, 10*time.Second); err != nil {
+		if err := waitStreams(ctx, s, readers+1, 10*time.Second); err != nil {
 			slow.close()
 			r.notes = append(r.notes, err.Error())
 			break
@@ -600,7 +760,7 @@ func runSlow(ctx context.Context, s *server) row {
 		slow.close()
 		if gone[len(gone)-1] != "never" {
 			// Back to the readers alone before the next A.
-			if err := waitHandlers(ctx, s, readers, 10*time.Second); err != nil {
+			if err := waitStreams(ctx, s, readers, 10*time.Second); err != nil {
 				r.notes = append(r.notes, err.Error())
 				break
 			}
@@ -633,6 +793,7 @@ func runSlow(ctx context.Context, s *server) row {
 	if st.SSE != nil {
 		r.notes = append(r.notes, fmt.Sprintf("slow disconnects: %d", st.SSE.SlowDisconnects))
 	}
+	r.notes = append(r.notes, takenOver(s, st)...)
 	if o := outOfOrder(conns); o > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d events out of order", o))
 	}
@@ -657,11 +818,11 @@ func waitLibClients(ctx context.Context, s *server, n int) {
 	}
 }
 
-// watchGone sends the Unix ns at which the server's /events handlers fell to n.
+// watchGone sends the Unix ns at which the streams the server serves fell to n.
 func watchGone(ctx context.Context, s *server, n int, gone chan<- int64) {
 	for ctx.Err() == nil {
 		st, err := s.stats(ctx, false)
-		if err == nil && st.Handlers <= int64(n) {
+		if err == nil && st.Streams <= int64(n) {
 			gone <- time.Now().UnixNano()
 			return
 		}
@@ -673,3 +834,17 @@ func watchGone(ctx context.Context, s *server, n int, gone chan<- int64) {
 }
 
 func numCPU() int { return runtime.NumCPU() }
+
+// takenOver notes, for sse-hijack, how many of its streams the Broker's pollers serve
+// (Stats().Hijacked): every load connection is plain HTTP/1.1, so all should be, and a row
+// whose streams were served in their handlers instead would measure the other mode.
+func takenOver(s *server, st serverStats) []string {
+	if s.lib != "sse-hijack" || st.SSE == nil {
+		return nil
+	}
+	n := fmt.Sprintf("%d of %d streams taken over", st.SSE.Hijacked, st.SSE.Clients)
+	if st.SSE.Hijacked != st.SSE.Clients {
+		n = "ONLY " + n
+	}
+	return []string{n}
+}

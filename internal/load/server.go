@@ -45,6 +45,14 @@ type library interface {
 	config() string
 }
 
+// A streamCounter is a library that counts the streams it serves itself. Libraries that take
+// a stream's connection over from net/http (sse-hijack, floor) serve it after the handler has
+// returned, so the handlers running do not count their streams; the others serve each stream
+// inside its handler.
+type streamCounter interface {
+	streams() int64
+}
+
 // Buffer sizes given to the libraries that have a knob, per scenario: the history our
 // Broker keeps is also how far behind a client may fall, so peers get the same depth of
 // buffering where they let us choose.
@@ -62,14 +70,18 @@ func depth(scenario string) int {
 
 func newLibrary(name, scenario, redisAddr string) (library, error) {
 	if redisAddr != "" {
-		if name != "sse" {
+		if name != "sse" && name != "sse-hijack" {
 			return nil, fmt.Errorf("%s: no Redis module", name)
 		}
-		return newRedisNode(scenario, redisAddr)
+		return newRedisNode(scenario, redisAddr, name == "sse-hijack")
 	}
 	switch name {
 	case "sse":
-		return newOurs(scenario), nil
+		return newOurs(scenario, false)
+	case "sse-hijack":
+		return newOurs(scenario, true)
+	case "floor":
+		return newFloor()
 	case "r3labs":
 		return newR3labs(scenario), nil
 	case "tmaxmax":
@@ -85,15 +97,19 @@ func newLibrary(name, scenario, redisAddr string) (library, error) {
 	return nil, fmt.Errorf("unknown library %q", name)
 }
 
-// ours is this module's Broker.
+// ours is this module's Broker; with hijack, under sse.WithHijack().
 type ours struct {
 	b   *sse.Broker
 	cfg string
 }
 
-func newOurs(scenario string) *ours {
+func newOurs(scenario string, hijack bool) (*ours, error) {
 	var opts []sse.Option
 	var cfg []string
+	if hijack {
+		opts = append(opts, sse.WithHijack())
+		cfg = append(cfg, "WithHijack()")
+	}
 	if n := depth(scenario); n != 1024 {
 		opts = append(opts, sse.WithHistory(n))
 		cfg = append(cfg, fmt.Sprintf("WithHistory(%d)", n))
@@ -102,10 +118,10 @@ func newOurs(scenario string) *ours {
 		opts = append(opts, sse.WithWriteTimeout(2*time.Second))
 		cfg = append(cfg, "WithWriteTimeout(2s)")
 	}
-	if len(cfg) == 0 {
+	if len(cfg) == 0 || len(cfg) == 1 && hijack {
 		cfg = append(cfg, "defaults (history 1024, write timeout 10s, heartbeat 15s)")
 	}
-	return &ours{b: sse.NewBroker(opts...), cfg: "sse.NewBroker(" + strings.Join(cfg, ", ") + ")"}
+	return &ours{b: sse.NewBroker(opts...), cfg: "sse.NewBroker(" + strings.Join(cfg, ", ") + ")"}, nil
 }
 
 func (o *ours) handler() http.Handler { return o.b.Handler() }
@@ -114,6 +130,7 @@ func (o *ours) publish(data []byte) error {
 	return err
 }
 func (o *ours) clients() int   { return int(o.b.Stats().Clients) }
+func (o *ours) streams() int64 { return o.b.Stats().Clients }
 func (o *ours) config() string { return o.cfg }
 
 // redisNode is one process's node of a stream shared through Redis: this module's
@@ -123,13 +140,23 @@ type redisNode struct {
 	cfg string
 }
 
-func newRedisNode(scenario, addr string) (*redisNode, error) {
+func newRedisNode(scenario, addr string, hijack bool) (*redisNode, error) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	var opts []redisbroker.Option
 	cfg := []string{`redis.NewClient(&redis.Options{Addr: ...})`, `"load"`}
+	var bopts []sse.Option
+	var bcfg []string
+	if hijack {
+		bopts = append(bopts, sse.WithHijack())
+		bcfg = append(bcfg, "sse.WithHijack()")
+	}
 	if n := depth(scenario); n != 1024 {
-		opts = append(opts, redisbroker.WithBrokerOptions(sse.WithHistory(n)))
-		cfg = append(cfg, fmt.Sprintf("WithBrokerOptions(sse.WithHistory(%d))", n))
+		bopts = append(bopts, sse.WithHistory(n))
+		bcfg = append(bcfg, fmt.Sprintf("sse.WithHistory(%d)", n))
+	}
+	if len(bopts) > 0 {
+		opts = append(opts, redisbroker.WithBrokerOptions(bopts...))
+		cfg = append(cfg, "WithBrokerOptions("+strings.Join(bcfg, ", ")+")")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -146,6 +173,7 @@ func (n *redisNode) publish(data []byte) error {
 	return err
 }
 func (n *redisNode) clients() int   { return int(n.b.Stats().Clients) }
+func (n *redisNode) streams() int64 { return n.b.Stats().Clients }
 func (n *redisNode) config() string { return n.cfg }
 
 // r3labsLib is github.com/r3labs/sse/v2.
@@ -290,11 +318,18 @@ func serve(libName, scenario, cpuprofile, redisAddr string) {
 		st := serverStats{
 			Goroutines: runtime.NumGoroutine(),
 			Handlers:   handlers.Load(),
+			Streams:    handlers.Load(),
 			LibClients: lib.clients(),
 			HeapInuse:  ms.HeapInuse,
 			StackInuse: ms.StackInuse,
 			// All the memory the runtime holds from the OS, less what it has given back.
 			RuntimeSys: ms.Sys - ms.HeapReleased,
+		}
+		if sc, ok := lib.(streamCounter); ok {
+			st.Streams = sc.streams()
+		}
+		if c, ok := lib.(interface{ cuts() int64 }); ok {
+			st.Cut = c.cuts()
 		}
 		switch l := lib.(type) {
 		case *ours:
@@ -352,7 +387,9 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 type serverStats struct {
 	Goroutines int
 	Handlers   int64 // /events handlers running
+	Streams    int64 // streams served: the library's own count where it has one (see streamCounter), else Handlers
 	LibClients int   // the library's own count, -1 if none
+	Cut        int64 `json:",omitempty"` // floor: sockets cut because a write would have blocked
 	HeapInuse  uint64
 	StackInuse uint64
 	RuntimeSys uint64
