@@ -450,3 +450,63 @@ func TestHijackNoGoroutinePerStream(t *testing.T) {
 	// come and go (a heartbeat tick's) are allowed for.
 	waitFor(t, "net/http's goroutines to end", func() bool { return runtime.NumGoroutine()-before <= 2 })
 }
+
+// A client that reads slowly through a small receive buffer gets every event whole and in
+// order: writes the socket takes only part of go on from where they stopped, chunk framing
+// included.
+func TestHijackPartialWrites(t *testing.T) {
+	checkGoroutines(t)
+	const events = 300
+	b := NewBroker(WithHijack(), WithHistory(events))
+	s := newServer(t, http1, b, b.Handler())
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return nil
+	}}
+	conn, err := d.Dial("tcp", s.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "the stream", func() bool { return b.Stats().Hijacked == 1 })
+	var want []string
+	for i := range events {
+		data := fmt.Sprint(i) + strings.Repeat(string(rune('a'+i%26)), (i*7919)%20000)
+		want = append(want, data)
+		publish(t, b, data)
+	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 512), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.TransferEncoding) != 1 || !resp.Close {
+		t.Errorf("TransferEncoding %v, Close %v; want chunked, and the connection closed at the end", resp.TransferEncoding, resp.Close)
+	}
+	dec := spec.NewDecoder(&slowReader{r: resp.Body})
+	for i, w := range want {
+		ev, err := dec.Next()
+		if err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		if ev.Data != w {
+			t.Fatalf("event %d: %d bytes starting %.10q, want %d starting %.10q", i, len(ev.Data), ev.Data, len(w), w)
+		}
+	}
+	if st := b.Stats(); st.Delivered != events || st.SlowDisconnects != 0 {
+		t.Errorf("Delivered, SlowDisconnects = %d, %d; want %d, 0", st.Delivered, st.SlowDisconnects, events)
+	}
+}
+
+// slowReader reads at most 1000 bytes at a time, and now and then pauses.
+type slowReader struct {
+	r io.Reader
+	n int
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	if s.n++; s.n%50 == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	return s.r.Read(p[:min(len(p), 1000)])
+}
