@@ -510,3 +510,52 @@ func (s *slowReader) Read(p []byte) (int, error) {
 	}
 	return s.r.Read(p[:min(len(p), 1000)])
 }
+
+// A stream that always has more to write, its reader keeping up with a publisher that never
+// pauses, does not hold up the other streams of its poller: each gets a turn.
+func TestHijackFairTurns(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack(), WithHeartbeat(-1))
+	s := newServer(t, http1, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.ServeEvents(w, r, r.URL.RawQuery) // the topic is the query
+	}))
+	addr := s.Listener.Addr().String()
+	busy := dialStream(t, addr, "/?busy", true)
+	waitFor(t, "the first stream", func() bool { return b.Stats().Hijacked == 1 })
+	// Streams go to the pollers in turn: the one after as many more as there are pollers
+	// shares the first one's.
+	n := len(b.polls.Load().all)
+	for i := range n - 1 {
+		dialStream(t, addr, "/?idle", true)
+		waitFor(t, "the idle streams", func() bool { return b.Stats().Hijacked == int64(i+2) })
+	}
+	other := dialStream(t, addr, "/?other", true)
+	waitFor(t, "the other stream", func() bool { return b.Stats().Hijacked == int64(n+1) })
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { io.Copy(io.Discard, busy.resp.Body) }) // ends when the stream does
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b.Publish(Event{Data: "busy"}, "busy")
+		}
+	})
+	defer close(stop)
+	time.Sleep(200 * time.Millisecond) // the busy stream's turn is under way
+	d := spec.NewDecoder(other.resp.Body)
+	begin := time.Now()
+	publish(t, b, "other", "other")
+	other.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if ev, err := d.Next(); err != nil || ev.Data != "other" {
+		t.Fatalf("the other stream: %+v, %v", ev, err)
+	}
+	if took := time.Since(begin); took > time.Second {
+		t.Errorf("the other stream's event took %v while the busy stream had more to write, want a turn well within 1s", took)
+	}
+}
