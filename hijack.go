@@ -65,7 +65,7 @@ type pstream struct {
 	fd  int
 	end *ending
 
-	chunked bool // the body is chunked (net/http began it); otherwise it ends with the connection
+	chunked bool // the body is chunked (over HTTP/1.0 it is not: it ends with the connection)
 
 	// What is being written: head, then out, then tail, of which done bytes are written. out
 	// holds the frames the client's next returned, the history's own, never a copy.
