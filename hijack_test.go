@@ -559,3 +559,33 @@ func TestHijackFairTurns(t *testing.T) {
 		t.Errorf("the other stream's event took %v while the busy stream had more to write, want a turn well within 1s", took)
 	}
 }
+
+// An HTTP/1.0 client, which knows no chunks, gets a body that the connection's end ends.
+func TestHijackHTTP10(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack())
+	s := newServer(t, http1, b, b.Handler())
+	conn, err := net.Dial("tcp", s.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET / HTTP/1.0\r\n\r\n")
+	waitFor(t, "the stream", func() bool { return b.Stats().Hijacked == 1 })
+	publish(t, b, "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b.Shutdown(ctx)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	raw, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, body, _ := strings.Cut(string(raw), "\r\n\r\n")
+	if strings.Contains(head, "chunked") || !strings.Contains(head, "Connection: close") {
+		t.Errorf("head %q, want Connection: close and no chunks", head)
+	}
+	if !strings.HasPrefix(body, "retry: ") || !strings.Contains(body, "data: 1\n") || strings.Contains(body, "\r\n") {
+		t.Errorf("body %q, want the events unframed", body)
+	}
+}
