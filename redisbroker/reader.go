@@ -189,8 +189,12 @@ func (r *reader) step(ctx context.Context) (err error) {
 // with appendfsync always): no process can tell whether a restart lost writes, and
 // MissedType for nothing is better than a silent gap.
 func (r *reader) checkEpoch(ctx context.Context, cmd redis.Cmdable) (changed bool, err error) {
+	keeps, err := keepsEveryWrite(ctx, cmd)
+	if err != nil {
+		return false, err
+	}
 	lossless := "0"
-	if keepsEveryWrite(ctx, cmd) {
+	if keeps {
 		lossless = "1"
 	}
 	res, err := epochScript.Run(ctx, cmd, []string{r.meta, r.log}, newEpoch(), lossless).Slice()
@@ -227,10 +231,20 @@ func (r *reader) checkEpoch(ctx context.Context, cmd redis.Cmdable) (changed boo
 }
 
 // keepsEveryWrite reports whether Redis is set to keep every write it takes across a restart
-// (AOF with appendfsync always), as far as CONFIG GET tells (it may be denied).
-func keepsEveryWrite(ctx context.Context, cmd redis.Cmdable) bool {
+// (AOF with appendfsync always), as far as CONFIG GET tells: a Redis that denies it is taken
+// for one that may lose writes. It returns an error if Redis could not be asked (it is down,
+// say): the caller must not take that for a denial, since Redis may be back a moment later,
+// when the caller compares run IDs, and a restart that lost nothing would begin a new epoch.
+func keepsEveryWrite(ctx context.Context, cmd redis.Cmdable) (bool, error) {
 	cfg, err := cmd.ConfigGet(ctx, "append*").Result()
-	return err == nil && cfg["appendonly"] == "yes" && cfg["appendfsync"] == "always"
+	var denied redis.Error
+	switch {
+	case errors.As(err, &denied):
+		return false, nil // an answer of Redis's: not allowed, or not known
+	case err != nil:
+		return false, err
+	}
+	return cfg["appendonly"] == "yes" && cfg["appendfsync"] == "always", nil
 }
 
 // follow makes the reader read the log of epoch from its start, and reports true.
