@@ -7,9 +7,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -412,4 +414,128 @@ func BenchmarkPublishStalled(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkAheadStorm measures what a storm of resumes from IDs a Broker that follows a log has
+// not reached yet costs the clients already streaming: the p99 latency of 100 clients reading
+// events appended at 1,000 a second for 2 s, without a storm, and with 2,000 resumes from IDs up
+// to 2 s ahead arriving over one second from 0.5 s on, under WithMaxClients(300). Resumes over
+// the limit are turned away at once; those under it wait, each for its own event, on the
+// request's goroutine alone. The storm's connections are made in the same process, on the same
+// cores: part of what it costs the readers is theirs.
+func BenchmarkAheadStorm(b *testing.B) {
+	for _, storm := range []int{0, 2000} {
+		b.Run(fmt.Sprint("resumes=", storm), func(b *testing.B) {
+			var p99s []time.Duration
+			for b.Loop() {
+				p99s = append(p99s, aheadStorm(b, storm))
+			}
+			slices.Sort(p99s)
+			b.ReportMetric(float64(p99s[len(p99s)/2])/1e6, "p99-ms")
+		})
+	}
+}
+
+// aheadStorm runs one round of BenchmarkAheadStorm and returns the streaming clients' p99.
+func aheadStorm(b *testing.B, storm int) time.Duration {
+	const (
+		readers = 100
+		rate    = time.Millisecond // between two events
+		length  = 2 * time.Second
+		stormAt = length / 4
+	)
+	br := NewBroker(WithMaxClients(300), WithHeartbeat(-1))
+	if err := br.Append("e1", 1, time.Time{}, Event{Data: "0"}); err != nil {
+		b.Fatal(err)
+	}
+	ts := httptest.NewServer(br.Handler())
+	defer ts.Close()
+	defer br.Shutdown(context.Background())
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, MaxIdleConnsPerHost: -1}}
+	defer client.CloseIdleConnections()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The readers note each event's latency, from the time in its data, once the storm may come.
+	var mu sync.Mutex
+	var lat []time.Duration
+	begin := time.Now()
+	var wg sync.WaitGroup
+	for range readers {
+		req, _ := http.NewRequestWithContext(ctx, "GET", ts.URL, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer resp.Body.Close()
+			var mine []time.Duration
+			for ev, err := range Read(resp.Body) {
+				if err != nil {
+					break
+				}
+				if ns, err := strconv.ParseInt(ev.Data, 10, 64); err == nil && ns > begin.Add(stormAt).UnixNano() {
+					mine = append(mine, time.Since(time.Unix(0, ns)))
+				}
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	for br.Stats().Clients < readers {
+		time.Sleep(time.Millisecond)
+	}
+
+	// The storm: resumes from the IDs of events 1 ms to 2 s ahead, one every 0.5 ms.
+	var storms sync.WaitGroup
+	var seq atomic.Uint64
+	seq.Store(1)
+	if storm > 0 {
+		storms.Add(1)
+		go func() {
+			defer storms.Done()
+			time.Sleep(stormAt)
+			tick := time.NewTicker(time.Second / time.Duration(storm))
+			defer tick.Stop()
+			for i := range storm {
+				<-tick.C
+				storms.Add(1)
+				go func() {
+					defer storms.Done()
+					req, _ := http.NewRequestWithContext(ctx, "GET", ts.URL, nil)
+					req.Header.Set("Last-Event-ID", "e1-"+strconv.FormatUint(seq.Load()+1+uint64(i%2000), 10))
+					resp, err := client.Do(req)
+					if err != nil {
+						return
+					}
+					defer resp.Body.Close()
+					for _, err := range Read(resp.Body) { // one event, or the refusal's end
+						if err != nil {
+							return
+						}
+						break
+					}
+				}()
+			}
+		}()
+	}
+
+	for n := uint64(2); time.Since(begin) < length; n++ {
+		time.Sleep(rate)
+		if err := br.Append("e1", n, time.Time{}, Event{Data: strconv.FormatInt(time.Now().UnixNano(), 10)}); err != nil {
+			b.Fatal(err)
+		}
+		seq.Store(n)
+	}
+	cancel()
+	storms.Wait()
+	wg.Wait()
+	if len(lat) == 0 {
+		b.Fatal("no latency measured")
+	}
+	slices.Sort(lat)
+	return lat[len(lat)*99/100]
 }
