@@ -24,9 +24,10 @@ import (
 // page is what a browser loads first, so that its EventSources are same-origin.
 const page = `<!doctype html><meta charset="utf-8"><title>sse interop</title>`
 
-// hijack is set when the tests run with the streams taken over from net/http by the broker's
-// pollers (sse.WithHijack): CI runs them a second time so.
-var hijack = os.Getenv("SSE_HIJACK") != ""
+// hijack reports whether the tests run with the streams taken over from net/http by the
+// broker's pollers (sse.WithHijack): CI runs them a second time so. It reads the environment
+// while a test runs, so that go test's cache tells the two runs apart.
+func hijack() bool { return os.Getenv("SSE_HIJACK") != "" }
 
 // newServer starts a server on 127.0.0.1 with a Broker's stream on /events and page on /.
 // Tests add their own handlers to the mux.
@@ -39,7 +40,7 @@ func newServer(t *testing.T, opts ...sse.Option) (*sse.Broker, *http.ServeMux, *
 // starts.
 func newServerConfig(t *testing.T, config func(*http.Server), opts ...sse.Option) (*sse.Broker, *http.ServeMux, *httptest.Server) {
 	t.Helper()
-	if hijack {
+	if hijack() {
 		opts = append(opts, sse.WithHijack())
 	}
 	b := sse.NewBroker(opts...)
@@ -466,7 +467,7 @@ func TestGoroutines(t *testing.T) {
 			for _, leave := range []string{"close", "exit"} {
 				t.Run(leave, func(t *testing.T) {
 					base := runtime.NumGoroutine() // counted here, with this subtest's own goroutine
-					if hijack {
+					if hijack() {
 						// The broker's pollers, started with its first stream taken over, stay.
 						base += runtime.GOMAXPROCS(0)
 					}
@@ -476,11 +477,11 @@ func TestGoroutines(t *testing.T) {
 					}
 					waitClients(t, b, 5)
 					switch n := runtime.NumGoroutine(); {
-					case hijack && n > base+2:
+					case hijack() && n > base+2:
 						// The pollers serve the streams: none holds a goroutine (a couple that
 						// come and go, a heartbeat tick's, are allowed for).
 						t.Errorf("%d goroutines with 5 streams taken over, want at most %d", n, base+2)
-					case !hijack && n < base+5:
+					case !hijack() && n < base+5:
 						t.Fatalf("%d goroutines with 5 streams open, want at least %d: the count does not see them", n, base+5)
 					}
 					ev := publish(t, b, sse.Event{Data: leave})
