@@ -15,8 +15,10 @@ import (
 
 // The hand-over (WithHijack): a stream that is plain HTTP/1.x over TCP leaves net/http. Its
 // handler takes the connection over, takes its descriptor out of Go's network poller, and gives
-// it to one of the broker's pollers, which writes the response head, the preamble and then
-// whatever the client's next returns, without blocking (poll_linux.go), and the handler returns.
+// it to one of the broker's pollers, and the handler returns. The handler writes the response
+// head and the preamble, into the socket's empty buffer; the poller writes the rest of them if
+// it did not take all, and then whatever the client's next returns, without blocking
+// (poll_linux.go).
 
 // startedKey marks, in a ResponseWriter's header map, a response that NewStream began: it is
 // set once the head is out, so it never reaches the wire, and a name net/http would not write.
@@ -52,6 +54,8 @@ type pgroup struct {
 	g *group
 	p *poller
 	n int // how many streams; guarded by Broker.mu
+
+	wakes atomic.Uint64 // how many wake-ups of the group the poller was told of (see poller.add)
 
 	streams []*pstream // only the poller uses it
 	queued  bool       // pg is in p.queue; guarded by p.mu
@@ -219,7 +223,28 @@ func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start
 	st.pg = pg
 	b.mu.Unlock()
 	b.stats.hijacked.Add(1)
-	p.add(st)
+
+	// Until the poller has it, the stream is the handler's: it writes the head, into the
+	// socket's empty buffer, and looks whether the client has more to write already (events
+	// to replay, or published since it joined, which told the poller before pg was there),
+	// so that a stream that opens with nothing more to write is handed over without waking
+	// the poller (see poller.add).
+	wakes := pg.wakes.Load()
+	st.firstWrite()
+	if !st.pending() {
+		if out, end := c.next(b); len(out) > 0 || end != nil {
+			st.set(out, end)
+		}
+	}
+	if !p.add(st, wakes) {
+		// The socket cannot join the poller's set: the stream ends here, as the poller
+		// would end it.
+		st.clear()
+		b.unpoll(st)
+		b.ended(st.end, c.sent, nil)
+		b.leave(c)
+		closeFD(st.fd)
+	}
 	return true, nil
 }
 

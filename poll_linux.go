@@ -118,18 +118,38 @@ func takeFD(conn net.Conn) int {
 	return fd
 }
 
-// add hands st over to p.
-func (p *poller) add(st *pstream) {
+// add hands st over to p, and reports whether it did: if the socket cannot join p's epoll set,
+// st is still the caller's. wakes is what st's group's wake-up count (pgroup.wakes) was before
+// the caller last asked st's client for its next write, and found it had none or wrote all
+// of it (st has nothing pending): then p is woken only if a wake-up came since, whose own
+// kick may have found st not yet handed over; otherwise p takes st over when it next wakes
+// anyway, which saves the wake-up (an eventfd write, an epoll_wait and an eventfd read) on
+// every stream that opens with nothing to write.
+func (p *poller) add(st *pstream, wakes uint64) bool {
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(st.fd)}
 	p.mu.Lock()
+	// On the set and among the incoming at once, under p.mu: an event of the socket that p
+	// sees is seen after it (the poller takes the incoming before it looks at the events).
+	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, st.fd, &ev); err != nil {
+		p.mu.Unlock()
+		return false
+	}
 	p.incoming = append(p.incoming, st)
+	wake := st.pending() || st.pg.wakes.Load() != wakes
+	if wake {
+		p.kicked.Store(true)
+	}
 	p.mu.Unlock()
-	p.kicked.Store(true)
-	p.kick()
+	if wake {
+		p.kick()
+	}
+	return true
 }
 
 // notify tells p that pg's group was woken; Broker.mu is held.
 func (p *poller) notify(pg *pgroup) {
 	p.mu.Lock()
+	pg.wakes.Add(1)
 	if !pg.queued {
 		pg.queued = true
 		p.queue = append(p.queue, pg)
@@ -173,10 +193,32 @@ func (p *poller) loop() {
 		if err != nil && err != syscall.EINTR {
 			panic("sse: epoll_wait: " + err.Error()) // a descriptor of its own that went bad
 		}
+		// The eventfd is read before what it tells of is taken: a kick after the read is not
+		// lost, its eventfd write wakes the next wait.
 		for _, ev := range events[:max(n, 0)] {
 			if ev.Fd == int32(p.wfd) {
 				var buf [8]byte
 				syscall.Read(p.wfd, buf[:])
+				break
+			}
+		}
+		p.mu.Lock()
+		incoming, queue, stopping := p.incoming, p.queue, p.stopping
+		p.incoming, p.queue = nil, nil
+		for _, pg := range queue {
+			pg.queued = false // a wake-up from now on queues it again
+		}
+		p.mu.Unlock()
+
+		// The streams handed over are on the epoll set already (see add): known before their
+		// events are looked at.
+		for _, st := range incoming {
+			st.pg.streams = append(st.pg.streams, st)
+			st.idx = len(st.pg.streams) - 1
+			p.streams[int32(st.fd)] = st
+		}
+		for _, ev := range events[:max(n, 0)] {
+			if ev.Fd == int32(p.wfd) {
 				continue
 			}
 			st := p.streams[ev.Fd]
@@ -193,25 +235,12 @@ func (p *poller) loop() {
 				p.run(st)
 			}
 		}
-
-		p.mu.Lock()
-		incoming, queue, stopping := p.incoming, p.queue, p.stopping
-		p.incoming, p.queue = nil, nil
-		for _, pg := range queue {
-			pg.queued = false // a wake-up from now on queues it again
-		}
-		p.mu.Unlock()
-
 		for _, st := range incoming {
-			ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(st.fd)}
-			st.pg.streams = append(st.pg.streams, st)
-			st.idx = len(st.pg.streams) - 1
-			p.streams[int32(st.fd)] = st
-			if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, st.fd, &ev); err != nil {
-				p.finish(st, nil)
-				continue
+			// What was published since the hand-over looked last (see add), or the rest of
+			// what it began to write; unless the stream ended above.
+			if st.fd >= 0 {
+				p.run(st)
 			}
-			p.run(st)
 		}
 		for _, pg := range queue {
 			// run may end a stream, moving the last into its place: from the end, none is missed.
@@ -347,6 +376,22 @@ func (p *poller) write(st *pstream) (int, syscall.Errno) {
 	return int(n), 0
 }
 
+// firstWrite writes what it can of st's write under way, the response's head, in one write
+// that does not block, from the handler that hands st over (see Broker.hijack); what the
+// socket does not take, the poller writes.
+func (st *pstream) firstWrite() {
+	n, err := syscall.Write(st.fd, st.head)
+	if err != nil || n <= 0 {
+		return // the poller tries again, and ends the stream if the client is gone
+	}
+	if st.done = n; st.done == st.total() {
+		st.clear()
+	}
+}
+
+// closeFD closes a descriptor of the pollers'.
+func closeFD(fd int) { syscall.Close(fd) }
+
 // block has st wait for its socket to be writable.
 func (p *poller) block(st *pstream) {
 	if st.blocked != 0 {
@@ -399,4 +444,5 @@ func (p *poller) finish(st *pstream, end error) {
 	b.ended(st.end, st.c.sent, end)
 	b.leave(st.c)
 	syscall.Close(st.fd) // which takes it out of the epoll set
+	st.fd = -1
 }

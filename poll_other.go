@@ -8,9 +8,11 @@ import "net"
 
 type poller struct{}
 
-func newPollers(*Broker) *pollers { return nil }
-func takeFD(net.Conn) int         { return -1 }
-func (*poller) add(*pstream)      {}
-func (*poller) notify(*pgroup)    {}
-func (*poller) stop()             {}
-func (*poller) kick()             {}
+func newPollers(*Broker) *pollers         { return nil }
+func takeFD(net.Conn) int                 { return -1 }
+func (*poller) add(*pstream, uint64) bool { return false }
+func (*poller) notify(*pgroup)            {}
+func (*poller) stop()                     {}
+func (*poller) kick()                     {}
+func (*pstream) firstWrite()              {}
+func closeFD(int)                         {}
