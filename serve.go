@@ -83,15 +83,13 @@ func (b *Broker) ServeEvents(w http.ResponseWriter, r *http.Request, topics ...s
 	c, start, missed, err := b.joinWaiting(r.Context(), topics, lastEventID(r))
 	if err != nil {
 		if ctxErr := r.Context().Err(); ctxErr != nil && errors.Is(err, ctxErr) {
-			// It ended while the client waited for Append.
-			err = contextEnded(r.Context())
-			if err != nil {
-				s.write(appendRetry(nil, b.retryLater())) // the client is still there
-			}
-			return b.ended(end, 0, err)
+			err = contextEnded(r.Context()) // it ended while the client waited for Append
+		} else {
+			b.stats.refused.Add(1)
 		}
-		b.stats.refused.Add(1)
-		s.write(appendRetry(nil, b.retryLater()))
+		if err != nil {
+			s.write(b.goodbye()...) // the client is still there
+		}
 		return b.ended(end, 0, err)
 	}
 	if b.opts.hijack {
