@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -588,4 +589,62 @@ func TestHijackHTTP10(t *testing.T) {
 	if !strings.HasPrefix(body, "retry: ") || !strings.Contains(body, "data: 1\n") || strings.Contains(body, "\r\n") {
 		t.Errorf("body %q, want the events unframed", body)
 	}
+}
+
+// The pollers wait for their sockets parked on Go's network poller, as a goroutine reading a
+// connection does, not blocked in a system call: such a goroutine holds a thread, which the
+// runtime keeps watching, at a cost larger than the writes' between publishes.
+func TestHijackPollersPark(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack())
+	s := newServer(t, http1, b, b.Handler())
+	rs := dialStream(t, s.Listener.Addr().String(), "/", true)
+	waitFor(t, "the stream", func() bool { return b.Stats().Hijacked == 1 })
+	publish(t, b, "x")
+	if ev, err := spec.NewDecoder(rs.resp.Body).Next(); err != nil || ev.Data != "x" {
+		t.Fatalf("read %+v, %v; want the event x", ev, err)
+	}
+	parked := func(states []string) bool {
+		return len(states) == runtime.GOMAXPROCS(0) && !slices.ContainsFunc(states, func(s string) bool {
+			return !strings.HasPrefix(s, "IO wait")
+		})
+	}
+	// A poller that just wrote may not be waiting yet.
+	states := pollerStates()
+	for deadline := time.Now().Add(5 * time.Second); !parked(states) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		states = pollerStates()
+	}
+	if !parked(states) {
+		t.Errorf("the pollers' goroutines are in %q; want %d, each in IO wait", states, runtime.GOMAXPROCS(0))
+	}
+}
+
+// pollerStates returns the state of every poller goroutine, as a goroutine dump gives it
+// ("IO wait", "syscall", "runnable", …).
+func pollerStates() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var states []string
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if !strings.Contains(g, "sse.(*poller).loop") {
+			continue
+		}
+		head, _, _ := strings.Cut(g, "\n")
+		_, state, _ := strings.Cut(head, "[")
+		state, _, _ = strings.Cut(state, "]")
+		states = append(states, state)
+	}
+	return states
+}
+
+// Where Go's poller does not take the pollers' epoll sets, the pollers wait in epoll_wait:
+// streams are served the same, and a stalled one is cut at the write timeout.
+func TestHijackPollersBlock(t *testing.T) {
+	waitOnGo = false
+	defer func() { waitOnGo = true }()
+	t.Run("SlowClient", TestHijackSlowClient)
+	t.Run("PartialWrites", TestHijackPartialWrites)
+	t.Run("CloseDetected", TestHijackCloseDetected)
+	t.Run("Shutdown", TestHijackServerShutdown)
 }

@@ -3,6 +3,7 @@
 package sse
 
 import (
+	"errors"
 	"net"
 	"os"
 	"runtime"
@@ -27,6 +28,15 @@ type poller struct {
 	epfd int
 	wfd  int // an eventfd: written to wake the poller
 
+	// ep is epfd on Go's network poller, where the poller's goroutine waits for its set, parked
+	// like any goroutine that reads from a connection, rather than in a system call. A
+	// goroutine blocked in epoll_wait holds a thread, and the Go runtime takes its P away after
+	// a while and then watches closely, which costs more per wait than its writes do. raw is
+	// nil if Go's poller refused epfd: then the goroutine blocks in epoll_wait.
+	ep  *os.File
+	raw syscall.RawConn
+	due int64 // the deadline set on ep (see monotime), 0 if none, -1 if it passed
+
 	mu       sync.Mutex
 	queue    []*pgroup  // groups woken since the poller last looked
 	incoming []*pstream // streams handed over
@@ -38,6 +48,10 @@ type poller struct {
 	blocked []*pstream         // streams whose write waits for the socket
 	iov     []syscall.Iovec
 }
+
+// waitOnGo is whether pollers wait on Go's network poller (see poller.ep); tests turn it off
+// to try the other way.
+var waitOnGo = true
 
 // maxIovecs bounds the pieces of one writev (the system's IOV_MAX is 1024).
 const maxIovecs = 1024
@@ -51,8 +65,7 @@ func newPollers(b *Broker) *pollers {
 		p, err := newPoller(b)
 		if err != nil {
 			for _, p := range ps.all {
-				syscall.Close(p.epfd)
-				syscall.Close(p.wfd)
+				p.close()
 			}
 			return nil
 		}
@@ -87,7 +100,78 @@ func newPoller(b *Broker) (*poller, error) {
 		syscall.Close(p.wfd)
 		return nil, err
 	}
+	// An epoll set is readable while it has events, and can itself be on an epoll set: Go's.
+	// os.NewFile puts a descriptor in non-blocking mode on Go's poller; a deadline can be set
+	// only on one that is there.
+	if waitOnGo && syscall.SetNonblock(epfd, true) == nil {
+		p.ep = os.NewFile(uintptr(epfd), "sse-poller")
+		if p.ep.SetReadDeadline(time.Time{}) == nil {
+			p.raw, _ = p.ep.SyscallConn()
+		}
+	}
 	return p, nil
+}
+
+// close closes p's descriptors.
+func (p *poller) close() {
+	if p.ep != nil {
+		p.ep.Close() // which closes epfd
+	} else {
+		syscall.Close(p.epfd)
+	}
+	syscall.Close(p.wfd)
+}
+
+// wait waits until p's set has events, or until the monotonic time due if it is not 0, and
+// returns how many it put in events.
+func (p *poller) wait(events []syscall.EpollEvent, due int64) int {
+	if p.raw == nil {
+		timeout := -1
+		if due != 0 {
+			timeout = int(max(time.Duration(due-monotime()), time.Millisecond) / time.Millisecond)
+		}
+		return p.epollWait(events, timeout)
+	}
+	if due != p.due {
+		var t time.Time
+		if due != 0 {
+			t = epoch.Add(time.Duration(due))
+		}
+		p.ep.SetReadDeadline(t)
+		p.due = due
+	}
+	n := 0
+	// Read calls the function until it reports it read something, and waits for ep to be
+	// readable in between; an event that comes after the function found none makes ep
+	// readable, so none is missed.
+	err := p.raw.Read(func(uintptr) bool {
+		n = p.epollWait(events, 0)
+		return n > 0
+	})
+	if err != nil {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			panic("sse: waiting for the poller's epoll set: " + err.Error())
+		}
+		p.due = -1 // set it again, even to the same time
+	}
+	return n
+}
+
+// epollWait is epoll_wait on p's set.
+func (p *poller) epollWait(events []syscall.EpollEvent, timeout int) int {
+	for {
+		n, err := syscall.EpollWait(p.epfd, events, timeout)
+		switch err {
+		case nil:
+			return n
+		case syscall.EINTR:
+			if timeout != 0 {
+				return 0 // the caller works out the time left
+			}
+		default:
+			panic("sse: epoll_wait: " + err.Error()) // a descriptor of its own that went bad
+		}
+	}
 }
 
 // takeFD returns a descriptor of conn's socket that Go's network poller does not know of, in
@@ -177,25 +261,19 @@ func (p *poller) kick() {
 
 // loop is the poller's goroutine.
 func (p *poller) loop() {
-	defer func() {
-		syscall.Close(p.epfd)
-		syscall.Close(p.wfd)
-	}()
+	defer p.close()
 	events := make([]syscall.EpollEvent, 256)
 	tick := min(max(p.b.opts.writeTimeout/10, time.Millisecond), time.Second)
 	var nextCheck int64
 	for {
-		timeout := -1
+		var due int64
 		if len(p.blocked) > 0 {
-			timeout = int(max(time.Duration(nextCheck-monotime()), time.Millisecond) / time.Millisecond)
+			due = max(nextCheck, 1)
 		}
-		n, err := syscall.EpollWait(p.epfd, events, timeout)
-		if err != nil && err != syscall.EINTR {
-			panic("sse: epoll_wait: " + err.Error()) // a descriptor of its own that went bad
-		}
+		n := p.wait(events, due)
 		// The eventfd is read before what it tells of is taken: a kick after the read is not
 		// lost, its eventfd write wakes the next wait.
-		for _, ev := range events[:max(n, 0)] {
+		for _, ev := range events[:n] {
 			if ev.Fd == int32(p.wfd) {
 				var buf [8]byte
 				syscall.Read(p.wfd, buf[:])
@@ -217,7 +295,7 @@ func (p *poller) loop() {
 			st.idx = len(st.pg.streams) - 1
 			p.streams[int32(st.fd)] = st
 		}
-		for _, ev := range events[:max(n, 0)] {
+		for _, ev := range events[:n] {
 			if ev.Fd == int32(p.wfd) {
 				continue
 			}
