@@ -236,6 +236,9 @@ func (b *Broker) hijack(w http.ResponseWriter, r *http.Request, c *client, start
 			st.set(out, end)
 		}
 	}
+	if b.handOverHook != nil {
+		b.handOverHook(p, pg)
+	}
 	if !p.add(st, wakes) {
 		// The socket cannot join the poller's set: the stream ends here, as the poller
 		// would end it.

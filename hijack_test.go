@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -647,4 +649,77 @@ func TestHijackPollersBlock(t *testing.T) {
 	t.Run("PartialWrites", TestHijackPartialWrites)
 	t.Run("CloseDetected", TestHijackCloseDetected)
 	t.Run("Shutdown", TestHijackServerShutdown)
+}
+
+// A stream that has nothing to write when its handler hands it over does not wake its poller
+// (see poller.add), unless its group was woken since the handler last looked. Here an event
+// comes in exactly then, and the poller takes that wake-up before the stream is its own:
+// nothing is published after it, and no heartbeat wakes the stream later, so the event arrives
+// only if the hand-over wakes the poller.
+func TestHijackHandOverWake(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack(), WithHeartbeat(-1))
+	b.handOverHook = func(p *poller, pg *pgroup) {
+		if _, err := b.Publish(Event{Data: "at the hand-over"}); err != nil {
+			t.Error(err)
+		}
+		for {
+			p.mu.Lock()
+			queued := pg.queued
+			p.mu.Unlock()
+			if !queued {
+				return
+			}
+			runtime.Gosched()
+		}
+	}
+	s := newServer(t, http1, b, b.Handler())
+	rs := dialStream(t, s.Listener.Addr().String(), "/", true)
+	if ev, err := spec.NewDecoder(rs.resp.Body).Next(); err != nil || ev.Data != "at the hand-over" {
+		t.Errorf("read %+v, %v; want the event published at the hand-over", ev, err)
+	}
+}
+
+// A stream that has nothing to write when its handler hands it over does not wake its poller
+// (see poller.add), unless an event came in meanwhile. Each round publishes one event at about
+// the moment a client resumes from the event before it, with nothing published after it and
+// no heartbeats to wake the stream later: it must arrive at once, whichever side of the
+// hand-over it falls on.
+func TestHijackHandOverRace(t *testing.T) {
+	checkGoroutines(t)
+	b := NewBroker(WithHijack(), WithHeartbeat(-1))
+	s := newServer(t, http1, b, b.Handler())
+	last := publish(t, b, "0")
+	const rounds = 400
+	for i := 1; i <= rounds; i++ {
+		conn, err := net.Dial("tcp", s.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		published := make(chan string, 1)
+		spin := rand.IntN(200)
+		go func() {
+			for range spin {
+				runtime.Gosched()
+			}
+			id, err := b.Publish(Event{Data: strconv.Itoa(i)})
+			if err != nil {
+				t.Error(err)
+			}
+			published <- id
+		}()
+		fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\nLast-Event-ID: %s\r\n\r\n", last)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatalf("round %d: reading the head: %v", i, err)
+		}
+		ev, err := spec.NewDecoder(resp.Body).Next()
+		if err != nil || ev.Data != strconv.Itoa(i) {
+			t.Fatalf("round %d: read %+v, %v; want the event published at the hand-over", i, ev, err)
+		}
+		conn.Close()
+		last = <-published
+	}
 }
