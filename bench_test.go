@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -538,4 +539,69 @@ func aheadStorm(b *testing.B, storm int) time.Duration {
 	}
 	slices.Sort(lat)
 	return lat[len(lat)*99/100]
+}
+
+// BenchmarkHeartbeatTick measures a heartbeat tick (one op) with many groups, as an
+// application with a topic per user has: each client on a topic of its own, none of them
+// reading, so that every group is due for a heartbeat once an interval (four ticks), and a
+// tenth of them published to between ticks. It also reports how long a Publish to another
+// topic, from a goroutine that publishes while ticks run, took (p99-publish-µs): a tick holds
+// the broker's lock.
+func BenchmarkHeartbeatTick(b *testing.B) {
+	for _, groups := range []int{10000, 100000} {
+		b.Run(fmt.Sprintf("groups=%d", groups), func(b *testing.B) {
+			br := NewBroker(WithHeartbeat(time.Hour), WithHistory(1))
+			names := make([]string, groups)
+			clients := make([]*client, groups)
+			for i := range groups {
+				names[i] = "user-" + strconv.Itoa(i)
+				c, _, _, err := br.join(names[i:i+1], "", false)
+				if err != nil {
+					b.Fatal(err)
+				}
+				clients[i] = c
+			}
+			defer func() {
+				for _, c := range clients {
+					br.leave(c)
+				}
+			}()
+			var stop, ticking atomic.Bool
+			var took []time.Duration
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for !stop.Load() {
+					if !ticking.Load() {
+						runtime.Gosched()
+						continue
+					}
+					start := time.Now()
+					br.Publish(Event{Data: "x"}, "elsewhere")
+					took = append(took, time.Since(start))
+				}
+			}()
+			next := 0
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				for range groups / 10 {
+					br.Publish(Event{Data: "x"}, names[next])
+					next = (next + 1) % groups
+				}
+				b.StartTimer()
+				ticking.Store(true)
+				br.tick()
+				ticking.Store(false)
+			}
+			b.StopTimer()
+			stop.Store(true)
+			<-done
+			if len(took) > 0 {
+				slices.Sort(took)
+				b.ReportMetric(float64(took[len(took)*99/100].Microseconds()), "p99-publish-µs")
+				b.ReportMetric(float64(len(took))/float64(b.N), "publishes/op")
+			}
+		})
+	}
 }

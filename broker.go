@@ -79,6 +79,7 @@ type Broker struct {
 	unread    list.List // of *topic: those no client reads, most recently published first
 	forgotten *marks    // of the topics forgotten; nil until one with events is
 	groups    map[string]*group
+	due       [ticksPerBeat][]*group // the groups a tick looks at, by the tick modulo ticksPerBeat; see tick
 	closed    bool
 	beatTimer *time.Timer   // ticks while clients > 0
 	drained   chan struct{} // made by Shutdown; closed once no client is left
@@ -105,6 +106,8 @@ type group struct {
 	slots   []int // the group's index in each of its topics' groups
 	clients int
 	active  uint64 // Broker.ticks when the group was last woken, by an event or a heartbeat
+	due     int    // the list of Broker.due the group is in
+	dueIdx  int    // and its index there
 
 	beats atomic.Uint64 // how many heartbeats the group was woken with
 

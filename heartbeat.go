@@ -18,8 +18,18 @@ const ticksPerBeat = 4
 
 var heartbeat = []byte(":\n")
 
+// tickBatch is how many groups a tick looks at before it lets go of Broker.mu for a moment.
+const tickBatch = 256
+
 // tick counts a tick, wakes every group that was not woken for a whole interval, with a
 // heartbeat, and starts the next tick.
+//
+// It looks only at the groups due at this tick: each group is in the list of the tick four
+// ticks after the one it was last woken at, as far as the list knows (Broker.due). A group
+// woken since it was put there is moved to the list of its new time when its list comes up,
+// so that Publish does nothing for it; each group is looked at once an interval. Between
+// batches of groups, the tick lets go of Broker.mu, so that it holds up a Publish for a
+// batch's time, however many groups are due.
 func (b *Broker) tick() {
 	b.mu.Lock()
 	if b.stats.clients.Load() == 0 || b.closed {
@@ -27,9 +37,35 @@ func (b *Broker) tick() {
 		return
 	}
 	now := b.ticks.Add(1)
+	k := int(now % ticksPerBeat)
 	var waiting []chan struct{}
-	for _, g := range b.groups {
+	// From the end, so that a group that leaves the list (moved here, or gone while the lock
+	// was let go) is replaced by one looked at already, or by one that joined and is due only
+	// an interval from now.
+	for i, n := len(b.due[k])-1, 1; i >= 0; i, n = i-1, n+1 {
+		if n%tickBatch == 0 {
+			b.mu.Unlock()
+			wake(waiting) // as Publish does
+			waiting = waiting[:0]
+			b.kickPollers()
+			b.mu.Lock()
+			if b.closed {
+				b.mu.Unlock()
+				return
+			}
+			if i >= len(b.due[k]) {
+				i = len(b.due[k])
+				continue // groups left while the lock was let go
+			}
+		}
+		g := b.due[k][i]
 		if now-g.active < ticksPerBeat {
+			// Woken since it was put here: due four ticks after that, which is the next tick
+			// of this list only if it was woken at this one.
+			if at := int(g.active % ticksPerBeat); at != k {
+				b.undue(g)
+				b.dueAt(g, at)
+			}
 			continue
 		}
 		g.active = now
@@ -40,8 +76,24 @@ func (b *Broker) tick() {
 	}
 	b.beatTimer.Reset(b.tickEvery())
 	b.mu.Unlock()
-	wake(waiting) // as Publish does
+	wake(waiting)
 	b.kickPollers()
+}
+
+// dueAt puts g in the list of the ticks k (modulo ticksPerBeat). Broker.mu must be held.
+func (b *Broker) dueAt(g *group, k int) {
+	g.due, g.dueIdx = k, len(b.due[k])
+	b.due[k] = append(b.due[k], g)
+}
+
+// undue takes g out of its list of ticks. Broker.mu must be held.
+func (b *Broker) undue(g *group) {
+	list := b.due[g.due]
+	last := list[len(list)-1]
+	list[g.dueIdx] = last
+	last.dueIdx = g.dueIdx
+	list[len(list)-1] = nil
+	b.due[g.due] = list[:len(list)-1]
 }
 
 // tickEvery returns the time between ticks.

@@ -384,6 +384,7 @@ func (b *Broker) join(names []string, lastID string, wait bool) (c *client, star
 			g.topics = append(g.topics, t)
 		}
 		b.groups[key] = g
+		b.dueAt(g, int(g.active%ticksPerBeat))
 	}
 	g.clients++
 	if b.stats.clients.Add(1) == 1 && b.opts.heartbeat > 0 {
@@ -495,6 +496,7 @@ func (b *Broker) leave(c *client) {
 	g := c.g
 	if g.clients--; g.clients == 0 {
 		delete(b.groups, g.key)
+		b.undue(g)
 		for i, t := range g.topics {
 			t.removeGroup(g.slots[i])
 			if len(t.groups) == 0 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -57,9 +59,9 @@ func (r *recorder) take() string {
 	return s
 }
 
-// serve runs ServeEvents for a request with lastID as its Last-Event-ID until the returned
-// function is called.
-func serve(b *Broker, lastID string) (*recorder, func()) {
+// serve runs ServeEvents for a request with lastID as its Last-Event-ID, on topics, until the
+// returned function is called.
+func serve(b *Broker, lastID string, topics ...string) (*recorder, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := httptest.NewRequestWithContext(ctx, "GET", "/", nil)
 	if lastID != "" {
@@ -69,7 +71,7 @@ func serve(b *Broker, lastID string) (*recorder, func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		b.ServeEvents(rec, r)
+		b.ServeEvents(rec, r, topics...)
 	}()
 	return rec, func() { cancel(); <-done }
 }
@@ -117,6 +119,108 @@ func TestHeartbeatTiming(t *testing.T) {
 		}
 		b.Shutdown(context.Background())
 	})
+}
+
+// TestHeartbeatManyGroups checks the heartbeat's promise with many groups, each woken at
+// times of its own, and groups that go and come back: a tick looks only at the groups due
+// then, and moves the others to the tick they are due at (see Broker.tick). Clients of the
+// topic published every 0.6 intervals get no heartbeat; no stream goes an interval without a
+// byte.
+func TestHeartbeatManyGroups(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval = 15 * time.Second
+		b := NewBroker(WithHeartbeat(interval))
+		defer b.Shutdown(context.Background())
+		subs := [][]string{{"busy"}, {"a"}, {"b"}, {"a", "b"}, {"c"}, {"busy", "c"}, {"d"}, {"a", "d"}}
+		type stream struct {
+			rec  *recorder
+			stop func()
+		}
+		streams := make([]stream, len(subs))
+		for i, topics := range subs {
+			rec, stop := serve(b, "", topics...)
+			streams[i] = stream{rec, stop}
+			time.Sleep(interval * time.Duration(1+i%3) / 7)
+		}
+		// Enough idle groups to be due at one tick that a tick lets go of the lock between
+		// them.
+		for i := range 2*tickBatch + 10 {
+			rec, stop := serve(b, "", "idle-"+strconv.Itoa(i))
+			streams = append(streams, stream{rec, stop})
+			subs = append(subs, []string{"idle-" + strconv.Itoa(i)})
+		}
+		synctest.Wait()
+		for _, st := range streams {
+			st.rec.take() // the preamble
+		}
+		busy := time.NewTicker(interval * 6 / 10)
+		defer busy.Stop()
+		gaps := []float64{0.3, 1.1, 0.05, 0.9, 1.3, 0.2, 2.5, 1.0, 0.45, 0.7}
+		topics := []string{"a", "b", "c", "d", "a", "c", "b", "a", "d", "c"}
+		for i, gap := range gaps {
+			deadline := time.After(time.Duration(gap * float64(interval)))
+		wait:
+			for {
+				select {
+				case <-busy.C:
+					b.Publish(Event{Data: "x"}, "busy")
+				case <-deadline:
+					break wait
+				}
+			}
+			b.Publish(Event{Data: "x"}, topics[i])
+			if i == 4 || i == 7 { // a group goes, and comes back
+				streams[6].stop()
+				synctest.Wait()
+				streams[6].rec.take()
+				rec, stop := serve(b, "", subs[6]...)
+				streams[6] = stream{rec, stop}
+			}
+		}
+		synctest.Wait()
+		for i, st := range streams {
+			if !slices.Contains(subs[i], "busy") {
+				continue
+			}
+			// A heartbeat may come before the first event.
+			if _, got, _ := strings.Cut(st.rec.take(), "data: x"); strings.Contains(got, ":\n") {
+				t.Errorf("stream %d on %q: a heartbeat between events 0.6 intervals apart", i, subs[i])
+			}
+		}
+		time.Sleep(2 * interval) // idle
+		synctest.Wait()
+		for i, st := range streams {
+			if d := st.rec.longestSilence(); d > interval {
+				t.Errorf("stream %d on %q: %v without a byte, at a heartbeat interval of %v", i, subs[i], d, interval)
+			}
+		}
+		checkDue(t, b)
+		for _, st := range streams {
+			st.stop()
+		}
+		checkDue(t, b)
+	})
+}
+
+// checkDue checks that every group of b is in the lists of ticks (Broker.due) once, at the
+// index it knows, and nothing else is.
+func checkDue(t *testing.T, b *Broker) {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for k, list := range b.due {
+		for i, g := range list {
+			if g.due != k || g.dueIdx != i || b.groups[g.key] != g {
+				t.Errorf("due[%d][%d] is group %q, which says it is at due[%d][%d] (in the broker's groups: %t)",
+					k, i, g.key, g.due, g.dueIdx, b.groups[g.key] == g)
+			}
+		}
+		n += len(list)
+	}
+	if n != len(b.groups) {
+		t.Errorf("%d groups in the lists of ticks, %d groups", n, len(b.groups))
+	}
 }
 
 func TestHeartbeatOff(t *testing.T) {
