@@ -117,13 +117,6 @@ type group struct {
 	wake   chan struct{} // closed to wake the group's clients; nil when none waits
 }
 
-// wakeUp wakes the group's waiting clients.
-func (g *group) wakeUp() {
-	if ch := g.take(); ch != nil {
-		close(ch)
-	}
-}
-
 // take returns the channel that wakes the group's waiting clients once closed, or nil if none
 // waits; whoever waits next gets a new one. Closing a channel readies each goroutine waiting
 // on it, which is work per client: the caller closes it once it has let go of Broker.mu. The
@@ -339,12 +332,12 @@ func (b *Broker) Append(epoch string, seq uint64, published time.Time, ev Event,
 		b.mu.Unlock()
 		return nil // appended already
 	}
-	ended := 0
+	ended, waiting := 0, wakeBuf[:0]
 	if !sameEpoch || seq != b.seq-b.base+1 {
-		ended = b.restart(epoch, seq)
+		ended, waiting = b.restart(epoch, seq, waiting)
 	}
 	b.seq++
-	waiting := b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics, wakeBuf[:0])
+	waiting = b.add(entry{seq: b.seq, at: at, id: ev.ID, frame: frame}, topics, waiting)
 	// Append adds the log's events one by one, so every sequence number a resume waits for
 	// comes up: each waiting resume is woken once, when its event is there.
 	if ch := b.ahead[b.seq]; ch != nil {
@@ -381,8 +374,9 @@ func (b *Broker) Follow(epoch string, seq uint64) error {
 		b.mu.Unlock()
 		return nil
 	}
-	ended := b.restart(epoch, seq+1)
+	ended, waiting := b.restart(epoch, seq+1, nil)
 	b.mu.Unlock()
+	wake(waiting)
 	b.kickPollers()
 	if ended > 0 {
 		b.logBreak(epoch, ended)
@@ -392,8 +386,9 @@ func (b *Broker) Follow(epoch string, seq uint64) error {
 
 // restart makes the broker follow epoch from seq on: it drops what it holds, which came
 // before a break in the log, and disconnects every client. It returns how many streams it
-// ends. b.mu must be held.
-func (b *Broker) restart(epoch string, seq uint64) (ended int) {
+// ends, and waiting with the channels that wake them appended, for the caller to close once
+// it has let go of b.mu (see group.take). b.mu must be held.
+func (b *Broker) restart(epoch string, seq uint64, waiting []chan struct{}) (ended int, _ []chan struct{}) {
 	b.following = true
 	b.prefix = epoch + "-"
 	b.base = b.seq + 1 - seq // the event seq is the next: b.seq+1
@@ -408,13 +403,15 @@ func (b *Broker) restart(epoch string, seq uint64) (ended int) {
 	}
 	b.forgetEmptied()
 	for _, g := range b.groups {
-		g.wakeUp()
+		if ch := g.take(); ch != nil {
+			waiting = append(waiting, ch)
+		}
 	}
 	for _, ch := range b.ahead {
-		close(ch) // what they wait for is from before the break
+		waiting = append(waiting, ch) // what they wait for is from before the break
 	}
 	clear(b.ahead)
-	return int(b.stats.clients.Load())
+	return int(b.stats.clients.Load()), waiting
 }
 
 // logBreak logs, once for the Broker, that a break in the log it follows ended streams
@@ -563,12 +560,15 @@ func (b *Broker) isClosed() bool {
 // idempotent and safe to call from any goroutine. To end streams when an http.Server shuts
 // down, register it with the server's RegisterOnShutdown; see the package example.
 func (b *Broker) Shutdown(ctx context.Context) error {
+	var waiting []chan struct{}
 	b.mu.Lock()
 	if !b.closed {
 		b.closed = true
 		close(b.done)
 		for _, g := range b.groups {
-			g.wakeUp()
+			if ch := g.take(); ch != nil {
+				waiting = append(waiting, ch)
+			}
 		}
 		if b.beatTimer != nil {
 			b.beatTimer.Stop()
@@ -581,6 +581,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}
 	drained := b.drained
 	b.mu.Unlock()
+	wake(waiting) // as Publish does
 	b.kickPollers()
 	select {
 	case <-drained:
