@@ -184,7 +184,9 @@ func TestHijackSlowClient(t *testing.T) {
 	checkGoroutines(t)
 	const readers, events = 5, 2500
 	onEnd, ends := endRecorder(readers + 1)
-	b := NewBroker(WithHijack(), WithWriteTimeout(2*time.Second), WithHistory(events), onEnd)
+	// No heartbeats: nothing but the write timeout's own tick wakes the poller once the
+	// events are out.
+	b := NewBroker(WithHijack(), WithWriteTimeout(2*time.Second), WithHistory(events), WithHeartbeat(-1), onEnd)
 	s := newServer(t, http1, b, b.Handler())
 	// A small receive buffer, set before the connection is made (so that its window is
 	// small too), fills with little.
