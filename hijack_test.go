@@ -647,6 +647,18 @@ func pollerStates() []string {
 func TestHijackPollersBlock(t *testing.T) {
 	waitOnGo = false
 	defer func() { waitOnGo = true }()
+	t.Run("Blocked", func(t *testing.T) {
+		checkGoroutines(t)
+		b := NewBroker(WithHijack())
+		s := newServer(t, http1, b, b.Handler())
+		dialStream(t, s.Listener.Addr().String(), "/", true)
+		waitFor(t, "the stream", func() bool { return b.Stats().Hijacked == 1 })
+		for i, p := range b.polls.Load().all {
+			if p.raw != nil {
+				t.Errorf("poller %d waits on Go's poller", i)
+			}
+		}
+	})
 	t.Run("SlowClient", TestHijackSlowClient)
 	t.Run("PartialWrites", TestHijackPartialWrites)
 	t.Run("CloseDetected", TestHijackCloseDetected)

@@ -33,9 +33,9 @@ type poller struct {
 	// goroutine blocked in epoll_wait holds a thread, and the Go runtime takes its P away after
 	// a while and then watches closely, which costs more per wait than its writes do. raw is
 	// nil if Go's poller refused epfd: then the goroutine blocks in epoll_wait.
-	ep  *os.File
-	raw syscall.RawConn
-	due int64 // the deadline set on ep (see monotime), 0 if none, -1 if it passed
+	ep           *os.File
+	raw          syscall.RawConn
+	readDeadline int64 // the deadline set on ep (see monotime), 0 if none, -1 if it passed
 
 	mu       sync.Mutex
 	queue    []*pgroup  // groups woken since the poller last looked
@@ -132,13 +132,13 @@ func (p *poller) wait(events []syscall.EpollEvent, due int64) int {
 		}
 		return p.epollWait(events, timeout)
 	}
-	if due != p.due {
+	if due != p.readDeadline {
 		var t time.Time
 		if due != 0 {
 			t = epoch.Add(time.Duration(due))
 		}
 		p.ep.SetReadDeadline(t)
-		p.due = due
+		p.readDeadline = due
 	}
 	n := 0
 	// Read calls the function until it reports it read something, and waits for ep to be
@@ -152,7 +152,9 @@ func (p *poller) wait(events []syscall.EpollEvent, due int64) int {
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			panic("sse: waiting for the poller's epoll set: " + err.Error())
 		}
-		p.due = -1 // set it again, even to the same time
+		p.readDeadline = -1 // set it again, even to the same time
+		// A deadline that had passed when Read began ends it before it looks at the set.
+		n = p.epollWait(events, 0)
 	}
 	return n
 }
