@@ -550,6 +550,7 @@ func aheadStorm(b *testing.B, storm int) time.Duration {
 func BenchmarkHeartbeatTick(b *testing.B) {
 	for _, groups := range []int{10000, 100000} {
 		b.Run(fmt.Sprintf("groups=%d", groups), func(b *testing.B) {
+			b.ReportAllocs()
 			br := NewBroker(WithHeartbeat(time.Hour), WithHistory(1))
 			names := make([]string, groups)
 			clients := make([]*client, groups)

@@ -55,9 +55,11 @@ type Broker struct {
 
 	polls atomic.Pointer[pollers] // serve the streams taken over (WithHijack); made under mu, on the first
 
-	// handOverHook, set by tests only, is called just before a handler hands its stream to
-	// poller p, which serves the stream's group as pg.
+	// Set by tests only: handOverHook is called just before a handler hands its stream to
+	// poller p, which serves the stream's group as pg; tickHook, whenever a tick has let go
+	// of mu between batches of groups.
 	handOverHook func(p *poller, pg *pgroup)
+	tickHook     func()
 
 	// mu guards the fields below it, and what topics and groups say it guards. Publish,
 	// subscribing and unsubscribing hold it; clients reading the history do not.

@@ -27,10 +27,11 @@ const tickBatch = 256
 // It looks only at the groups due at this tick: each group is in the list of the tick four
 // ticks after the one it was last woken at, as far as the list knows (Broker.due). A group
 // woken since it was put there is moved to the list of its new time when its list comes up,
-// so that Publish does nothing for it; each group is looked at once an interval. Between
-// batches of groups, the tick lets go of Broker.mu, so that it holds up a Publish for a
-// batch's time, however many groups are due.
+// so that Publish does nothing for it; each group is looked at once an interval, or twice if
+// it was moved. Between batches of groups, the tick lets go of Broker.mu, so that it holds up
+// a Publish for a batch's time, however many groups are due.
 func (b *Broker) tick() {
+	began := time.Now()
 	b.mu.Lock()
 	if b.stats.clients.Load() == 0 || b.closed {
 		b.mu.Unlock()
@@ -48,8 +49,13 @@ func (b *Broker) tick() {
 			wake(waiting) // as Publish does
 			waiting = waiting[:0]
 			b.kickPollers()
+			if b.tickHook != nil {
+				b.tickHook()
+			}
 			b.mu.Lock()
-			if b.closed {
+			if b.closed || b.stats.clients.Load() == 0 || b.ticks.Load() != now {
+				// Shut down; or every client left, so every group is gone (and a client that
+				// came since started the next tick, which b.ticks may show already).
 				b.mu.Unlock()
 				return
 			}
@@ -74,7 +80,8 @@ func (b *Broker) tick() {
 			waiting = append(waiting, ch)
 		}
 	}
-	b.beatTimer.Reset(b.tickEvery())
+	// The next tick is due a tick after this one began, not after it ended.
+	b.beatTimer.Reset(max(b.tickEvery()-time.Since(began), 0))
 	b.mu.Unlock()
 	wake(waiting)
 	b.kickPollers()

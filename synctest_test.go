@@ -202,6 +202,110 @@ func TestHeartbeatManyGroups(t *testing.T) {
 	})
 }
 
+// TestTickLetsGo checks a tick over more groups than a batch while, with the lock let go
+// between batches, clients leave and come, another tick runs, or the broker shuts down: every
+// group still due is woken with a heartbeat exactly once, and the lists of ticks stay whole.
+func TestTickLetsGo(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// meanwhile runs at the first let-go; it returns whether the tick goes on.
+		meanwhile func(b *Broker, leave func(i int), join func()) bool
+	}{
+		{"nothing", func(*Broker, func(int), func()) bool { return true }},
+		{"clients leave and come", func(b *Broker, leave func(int), join func()) bool {
+			for i := 0; i < 3*tickBatch; i += 7 { // on both sides of where the tick is
+				leave(i)
+			}
+			for range 20 {
+				join()
+			}
+			return true
+		}},
+		{"every client leaves, one comes, and its tick runs", func(b *Broker, leave func(int), join func()) bool {
+			for i := range 3 * tickBatch {
+				leave(i)
+			}
+			join() // which starts the timer again
+			b.tick()
+			b.Publish(Event{Data: "x"}, "new0") // at the tick after this one
+			return false
+		}},
+		{"shutdown", func(b *Broker, leave func(int), join func()) bool {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			b.Shutdown(ctx) // which does not wait: the clients here never leave
+			return false
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := NewBroker(WithHeartbeat(time.Hour))
+			join := func(name string) *client {
+				c, _, _, err := b.join([]string{name}, "", false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return c
+			}
+			const n = 3 * tickBatch
+			clients := make([]*client, n)
+			for i := range clients {
+				clients[i] = join("g" + strconv.Itoa(i)) // all due at tick 4
+			}
+			for range ticksPerBeat - 1 {
+				b.tick()
+			}
+			gone := map[int]bool{}
+			var joined []*client
+			leave := func(i int) {
+				if !gone[i] {
+					b.leave(clients[i])
+					gone[i] = true
+				}
+			}
+			goesOn := true
+			first := true
+			b.tickHook = func() {
+				if !first {
+					return
+				}
+				first = false
+				goesOn = tc.meanwhile(b, leave, func() {
+					joined = append(joined, join("new"+strconv.Itoa(len(joined))))
+				})
+			}
+			b.tick() // tick 4
+			b.tickHook = nil
+			for i, c := range clients {
+				// The tick looks at the list from its end, and lets go of the lock after
+				// the first tickBatch-1 groups.
+				var want uint64
+				switch {
+				case i >= n-(tickBatch-1):
+					want = 1 // before the let-go
+				case goesOn && !gone[i]:
+					want = 1
+				}
+				if got := c.g.beats.Load(); got != want {
+					t.Errorf("group %d (its client gone: %t): %d heartbeats, want %d", i, gone[i], got, want)
+				}
+			}
+			for _, c := range joined {
+				if c.g.beats.Load() != 0 {
+					t.Errorf("group %q, new at this tick, woken with a heartbeat", c.g.key)
+				}
+			}
+			checkDue(t, b)
+			for i := range clients {
+				leave(i)
+			}
+			for _, c := range joined {
+				b.leave(c)
+			}
+			checkDue(t, b)
+		})
+	}
+}
+
 // checkDue checks that every group of b is in the lists of ticks (Broker.due) once, at the
 // index it knows, and nothing else is.
 func checkDue(t *testing.T, b *Broker) {
