@@ -38,6 +38,7 @@ func main() {
 	idleN := flag.Int("idle-n", 0, "connections in idle-max (default: the hard limit on open files, less a margin)")
 	libs := flag.String("libs", strings.Join(allLibs, ","), "comma-separated `list` of libraries")
 	budget := flag.Duration("budget", 60*time.Second, "the most one scenario may take for one library")
+	rounds := flag.Int("rounds", 1, "run each scenario `n` times, the libraries in turn each time, and sum the ratios up over the rounds")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -78,36 +79,55 @@ func main() {
 		if !ok {
 			log.Fatalf("unknown scenario %q", sc)
 		}
-		t := &table{title: s.title, header: s.header, compare: s.compare}
-		for _, lib := range libList {
-			if s.cluster != nil {
-				if lib != "sse" && lib != "sse-hijack" {
-					continue // the Redis module is this module's
-				}
-				for _, c := range s.cluster {
-					log.Printf("%s/%s %s: start", sc, lib, c.name)
-					t.add(runCluster(c, lib, *cpuprofile, *budget))
-				}
-				continue
-			}
-			if s.skip != nil {
-				if why := s.skip(lib); why != "" {
-					log.Printf("%s/%s: skipped: %s", sc, lib, why)
-					continue
-				}
-			}
-			profile := ""
-			if *cpuprofile != "" {
-				profile = filepath.Join(*cpuprofile, sc+"-"+lib+".prof")
-			}
-			log.Printf("%s/%s: start", sc, lib)
-			t.add(runOne(s, lib, sc, profile, *budget))
+		n := max(*rounds, 1)
+		if s.cluster != nil {
+			n = 1
 		}
-		if len(t.rows) == 0 {
-			log.Printf("%s: none of the libraries takes part", sc)
+		var tables []*table
+		for round := range n {
+			t := &table{title: s.title, header: s.header, compare: s.compare}
+			if n > 1 {
+				t.title += fmt.Sprintf(" (round %d of %d)", round+1, n)
+			}
+			runTable(t, s, sc, libList, *cpuprofile, *budget)
+			if len(t.rows) == 0 {
+				log.Printf("%s: none of the libraries takes part", sc)
+				break
+			}
+			t.print(os.Stdout)
+			tables = append(tables, t)
+		}
+		if len(tables) > 1 {
+			printRounds(os.Stdout, tables)
+		}
+	}
+}
+
+// runTable runs scenario s, named sc, against each library in turn, into t.
+func runTable(t *table, s scenario, sc string, libList []string, cpuprofile string, budget time.Duration) {
+	for _, lib := range libList {
+		if s.cluster != nil {
+			if lib != "sse" && lib != "sse-hijack" {
+				continue // the Redis module is this module's
+			}
+			for _, c := range s.cluster {
+				log.Printf("%s/%s %s: start", sc, lib, c.name)
+				t.add(runCluster(c, lib, cpuprofile, budget))
+			}
 			continue
 		}
-		t.print(os.Stdout)
+		if s.skip != nil {
+			if why := s.skip(lib); why != "" {
+				log.Printf("%s/%s: skipped: %s", sc, lib, why)
+				continue
+			}
+		}
+		profile := ""
+		if cpuprofile != "" {
+			profile = filepath.Join(cpuprofile, sc+"-"+lib+".prof")
+		}
+		log.Printf("%s/%s: start", sc, lib)
+		t.add(runOne(s, lib, sc, profile, budget))
 	}
 }
 

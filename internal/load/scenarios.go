@@ -259,6 +259,63 @@ func (t *table) printRatios(w io.Writer) {
 	}
 }
 
+// ratio returns lib's metric key over base's, from the same table, if both rows have it.
+func (t *table) ratio(lib, base, key string) (float64, bool) {
+	var a, b float64
+	var okA, okB bool
+	for _, r := range t.rows {
+		switch r.lib {
+		case lib:
+			a, okA = r.metrics[key]
+		case base:
+			b, okB = r.metrics[key]
+		}
+	}
+	if !okA || !okB || b <= 0 {
+		return 0, false
+	}
+	return a / b, true
+}
+
+// ratioPairs are the ratios printRounds sums up: each compared library to comparedWith, and
+// the sse-hijack mode to the floor it is measured against.
+var ratioPairs = [][2]string{{"sse-hijack", comparedWith}, {"floor", comparedWith}, {"sse-hijack", "floor"}}
+
+// printRounds writes, for tables of the same scenario run in rounds, each ratio of the rounds
+// (each from the same round's run) and their median: on a shared, noisy machine one run's
+// ratio can be far off, while the libraries of a round share its conditions.
+func printRounds(w io.Writer, tables []*table) {
+	first := true
+	for _, pair := range ratioPairs {
+		for _, m := range tables[0].compare {
+			var rs []float64
+			for _, t := range tables {
+				if r, ok := t.ratio(pair[0], pair[1], m.key); ok {
+					rs = append(rs, r)
+				}
+			}
+			if len(rs) == 0 {
+				continue
+			}
+			if first {
+				fmt.Fprintf(w, "\nOver %d rounds, each ratio from one round:\n\n", len(tables))
+				first = false
+			}
+			each := make([]string, len(rs))
+			for i, r := range rs {
+				each[i] = fmt.Sprintf("%.2f", r)
+			}
+			sorted := slices.Sorted(slices.Values(rs))
+			median := sorted[len(sorted)/2]
+			if len(sorted)%2 == 0 {
+				median = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+			}
+			fmt.Fprintf(w, "- %s ÷ %s, %s: median %.2f×, %.2f–%.2f× (%s)\n",
+				pair[0], pair[1], m.label, median, sorted[0], sorted[len(sorted)-1], strings.Join(each, ", "))
+		}
+	}
+}
+
 // connectAndSync connects n reading clients and waits until each has received a sync event,
 // which proves it is subscribed (whatever the library does when, or whether, it sends the
 // response headers).
