@@ -89,7 +89,14 @@ func main() {
 			if n > 1 {
 				t.title += fmt.Sprintf(" (round %d of %d)", round+1, n)
 			}
-			runTable(t, s, sc, libList, *cpuprofile, *budget)
+			order := libList
+			if round%2 == 1 {
+				// Every other round the other way round, so that what changes over a run
+				// (the machine's other work, its clock) favours no library.
+				order = slices.Clone(libList)
+				slices.Reverse(order)
+			}
+			runTable(t, s, sc, order, *cpuprofile, *budget)
 			if len(t.rows) == 0 {
 				log.Printf("%s: none of the libraries takes part", sc)
 				break
