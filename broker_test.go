@@ -749,11 +749,19 @@ func TestShutdownContext(t *testing.T) {
 }
 
 // TestServerShutdown shows the wiring the documentation gives: http.Server.Shutdown returns
-// promptly with many streams open.
+// promptly with many streams open, and the broker's Shutdown, registered with
+// RegisterOnShutdown, ends every stream with a retry hint, those it took over from net/http
+// too (which http.Server.Shutdown does not know of), and closes them.
 func TestServerShutdown(t *testing.T) {
+	for _, m := range []mode{http1, http1h} {
+		t.Run(string(m), func(t *testing.T) { testServerShutdown(t, m) })
+	}
+}
+
+func testServerShutdown(t *testing.T, m mode) {
 	checkGoroutines(t)
-	const n = 1000
-	b := NewBroker()
+	const n = 500
+	b := newBroker(m)
 	srv := &http.Server{Handler: b.Handler()}
 	srv.RegisterOnShutdown(func() { b.Shutdown(context.Background()) })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -773,7 +781,11 @@ func TestServerShutdown(t *testing.T) {
 		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 		conns[i] = c
 	}
-	waitFor(t, "every client to connect", func() bool { return b.Stats().Clients == n })
+	takenOver := m == http1h && runtime.GOOS == "linux"
+	waitFor(t, "every client to connect", func() bool {
+		st := b.Stats()
+		return st.Clients == n && (!takenOver || st.Hijacked == n)
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -785,14 +797,22 @@ func TestServerShutdown(t *testing.T) {
 	}
 	// Every stream ended with a retry hint.
 	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
 			t.Fatalf("conn %d: %v", i, err)
 		}
 		body, err := io.ReadAll(resp.Body)
 		if err != nil || !strings.Contains(string(body), "retry: ") {
-			t.Fatalf("conn %d: body %q, %v; want a retry hint", i, body, err)
+			t.Fatalf("conn %d: body %q, %v; want a retry hint, then the end", i, body, err)
 		}
+	}
+	// Shutdown again waits for the streams to be closed, as the application does.
+	if err := b.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+	if st := b.Stats(); st.Clients != 0 || st.Hijacked != 0 {
+		t.Errorf("Clients, Hijacked = %d, %d after Shutdown, want 0, 0", st.Clients, st.Hijacked)
 	}
 }
 

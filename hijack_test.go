@@ -274,50 +274,6 @@ func TestHijackGreeting(t *testing.T) {
 	}
 }
 
-// http.Server.Shutdown does not know the connections the broker took over: the broker's
-// Shutdown, registered with RegisterOnShutdown, ends them with a retry hint and closes them.
-func TestHijackServerShutdown(t *testing.T) {
-	checkGoroutines(t)
-	const n = 500
-	b := NewBroker(WithHijack())
-	srv := &http.Server{Handler: b.Handler()}
-	srv.RegisterOnShutdown(func() { b.Shutdown(context.Background()) })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	streams := make([]*rawStream, n)
-	for i := range streams {
-		streams[i] = dialStream(t, ln.Addr().String(), "/", false)
-	}
-	waitFor(t, "every stream to be handed over", func() bool { return b.Stats().Hijacked == n })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Fatalf("http.Server.Shutdown = %v", err)
-	}
-	if err := <-served; err != http.ErrServerClosed {
-		t.Errorf("Serve = %v", err)
-	}
-	for i, rs := range streams {
-		rs.readHead()
-		body, err := io.ReadAll(rs.resp.Body)
-		if err != nil || !strings.Contains(string(body), "retry: ") {
-			t.Fatalf("stream %d: body %q, %v; want a retry hint, then the end", i, body, err)
-		}
-	}
-	// Shutdown again waits for the streams to be closed, as the application does.
-	if err := b.Shutdown(ctx); err != nil {
-		t.Errorf("Shutdown = %v", err)
-	}
-	if st := b.Stats(); st.Clients != 0 || st.Hijacked != 0 {
-		t.Errorf("Clients, Hijacked = %d, %d after Shutdown, want 0, 0", st.Clients, st.Hijacked)
-	}
-}
-
 // Thousands of streams opened and aborted, then thousands opened and shut down, leave no
 // descriptor and no goroutine behind: the pollers' own end with the broker.
 func TestHijackNoLeaks(t *testing.T) {
@@ -662,7 +618,7 @@ func TestHijackPollersBlock(t *testing.T) {
 	t.Run("SlowClient", TestHijackSlowClient)
 	t.Run("PartialWrites", TestHijackPartialWrites)
 	t.Run("CloseDetected", TestHijackCloseDetected)
-	t.Run("Shutdown", TestHijackServerShutdown)
+	t.Run("Shutdown", func(t *testing.T) { testServerShutdown(t, http1h) })
 }
 
 // A stream that has nothing to write when its handler hands it over does not wake its poller
