@@ -60,6 +60,23 @@ func (rs *rawStream) readHead() {
 	rs.resp = resp
 }
 
+// dialSmall sends a GET of / to addr over a connection with a small receive buffer, set
+// before the connection is made (so that its window is small too), which fills with little.
+func dialSmall(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return nil
+	}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	return conn
+}
+
 // openFDs returns how many descriptors the process has open.
 func openFDs(t *testing.T) int {
 	t.Helper()
@@ -188,18 +205,7 @@ func TestHijackSlowClient(t *testing.T) {
 	// events are out.
 	b := NewBroker(WithHijack(), WithWriteTimeout(2*time.Second), WithHistory(events), WithHeartbeat(-1), onEnd)
 	s := newServer(t, http1, b, b.Handler())
-	// A small receive buffer, set before the connection is made (so that its window is
-	// small too), fills with little.
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return nil
-	}}
-	conn, err := d.Dial("tcp", s.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // and never read
+	dialSmall(t, s.Listener.Addr().String()) // and never read
 	waitFor(t, "the stalled client", func() bool { return b.Stats().Clients == 1 })
 	var wg sync.WaitGroup
 	got := make([]int, readers)
@@ -227,6 +233,7 @@ func TestHijackSlowClient(t *testing.T) {
 		publish(t, b, fmt.Sprint(i)+pad)
 	}
 	wg.Wait()
+	var err error
 	select {
 	case err = <-ends:
 	case <-time.After(20 * time.Second):
@@ -420,16 +427,7 @@ func TestHijackPartialWrites(t *testing.T) {
 	const events = 300
 	b := NewBroker(WithHijack(), WithHistory(events))
 	s := newServer(t, http1, b, b.Handler())
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return nil
-	}}
-	conn, err := d.Dial("tcp", s.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	conn := dialSmall(t, s.Listener.Addr().String())
 	waitFor(t, "the stream", func() bool { return b.Stats().Hijacked == 1 })
 	var want []string
 	for i := range events {
