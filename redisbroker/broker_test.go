@@ -661,7 +661,7 @@ func TestShutdownDuringBlockingRead(t *testing.T) {
 // New fails at once when Redis cannot be reached, and leaves nothing running.
 func TestNewWithoutRedis(t *testing.T) {
 	checkGoroutines(t)
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t)), MaxRetries: 1})
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", ssetest.FreePort(t)), MaxRetries: 1})
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sse/internal/ssetest"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,7 +43,7 @@ func New(t testing.TB) *Server {
 		}
 		t.Skip("nginx not found (apt-get install nginx; CI=true fails instead)")
 	}
-	return &Server{t: t, bin: bin, dir: t.TempDir(), Addr: "127.0.0.1:" + strconv.Itoa(FreePort(t))}
+	return &Server{t: t, bin: bin, dir: t.TempDir(), Addr: "127.0.0.1:" + strconv.Itoa(ssetest.FreePort(t))}
 }
 
 // lookNginx returns the path of nginx, or "" if there is none: Debian installs it in
@@ -55,17 +56,6 @@ func lookNginx() string {
 		return "/usr/sbin/nginx"
 	}
 	return ""
-}
-
-// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // Start starts nginx with httpConf as the content of its http block (upstream and server
@@ -156,30 +146,11 @@ func (s *Server) ErrorLog() string {
 // blocks for an http block.
 func Recipe(t testing.TB) string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(ModuleRoot(t), "docs", "nginx.conf"))
+	data, err := os.ReadFile(filepath.Join(ssetest.ModuleRoot(t), "docs", "nginx.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return string(data)
-}
-
-// ModuleRoot returns the directory of the go.mod above the test's directory.
-func ModuleRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
 }
 
 // Edit returns conf with old replaced by new, and fails t unless old occurs in conf exactly

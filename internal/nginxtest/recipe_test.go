@@ -18,6 +18,7 @@ import (
 	"sse"
 	"sse/internal/interop/browser"
 	"sse/internal/spec"
+	"sse/internal/ssetest"
 )
 
 // waitTimeout bounds every wait for something that a working setup does in milliseconds; it
@@ -27,7 +28,7 @@ const waitTimeout = 10 * time.Second
 // TestReadmeShowsRecipe checks that README.md shows docs/nginx.conf as it is, so that the
 // recipe these tests prove is the one users copy.
 func TestReadmeShowsRecipe(t *testing.T) {
-	readme, err := os.ReadFile(filepath.Join(ModuleRoot(t), "README.md"))
+	readme, err := os.ReadFile(filepath.Join(ssetest.ModuleRoot(t), "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func newBackend(t *testing.T, opts ...sse.Option) *backend {
 		// CI runs these tests a second time with the streams taken over (sse.WithHijack).
 		opts = append(opts, sse.WithHijack())
 	}
-	bk := &backend{t: t, addr: "127.0.0.1:" + strconv.Itoa(FreePort(t)), opts: opts}
+	bk := &backend{t: t, addr: "127.0.0.1:" + strconv.Itoa(ssetest.FreePort(t)), opts: opts}
 	bk.start()
 	t.Cleanup(func() { bk.stop(true) })
 	return bk
@@ -622,7 +623,7 @@ func TestRetryAnswer(t *testing.T) {
 		srv.Close()
 		<-served
 	})
-	downAddr := "127.0.0.1:" + strconv.Itoa(FreePort(t)) // nobody listens there
+	downAddr := "127.0.0.1:" + strconv.Itoa(ssetest.FreePort(t)) // nobody listens there
 	up := startRecipe(t, ln.Addr().String())
 	down := startRecipe(t, downAddr)
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sse/internal/ssetest"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,21 +43,10 @@ func Start(t testing.TB, extra ...string) *Server {
 		}
 		t.Skipf("redis-server not found (apt-get install redis-server): %v", err)
 	}
-	s := &Server{t: t, bin: bin, port: FreePort(t), dir: t.TempDir(), args: extra}
+	s := &Server{t: t, bin: bin, port: ssetest.FreePort(t), dir: t.TempDir(), args: extra}
 	t.Cleanup(s.Kill)
 	s.Restart()
 	return s
-}
-
-// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // Addr returns the server's address, host:port.

@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sse/internal/ssetest"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,21 +131,7 @@ func require(t testing.TB) string {
 // of the module) by way of the module's root.
 func driverDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("browser: no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-	dir = filepath.Join(dir, "internal", "interop", "browser")
+	dir := filepath.Join(ssetest.ModuleRoot(t), "internal", "interop", "browser")
 	// Looking at the script also tells go test's cache that the result depends on it.
 	if _, err := os.Stat(filepath.Join(dir, "driver.mjs")); err != nil {
 		t.Fatal(err)
