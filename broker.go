@@ -135,6 +135,17 @@ func (g *group) take() chan struct{} {
 	return ch
 }
 
+// takeAll takes every group's channel (see take), appending those that wake clients to
+// waiting. Broker.mu must be held.
+func (b *Broker) takeAll(waiting []chan struct{}) []chan struct{} {
+	for _, g := range b.groups {
+		if ch := g.take(); ch != nil {
+			waiting = append(waiting, ch)
+		}
+	}
+	return waiting
+}
+
 // wake closes the channels that take returned, waking the clients that wait on them.
 func wake(chs []chan struct{}) {
 	for _, ch := range chs {
@@ -404,11 +415,7 @@ func (b *Broker) restart(epoch string, seq uint64, waiting []chan struct{}) (end
 		}
 	}
 	b.forgetEmptied()
-	for _, g := range b.groups {
-		if ch := g.take(); ch != nil {
-			waiting = append(waiting, ch)
-		}
-	}
+	waiting = b.takeAll(waiting)
 	for _, ch := range b.ahead {
 		waiting = append(waiting, ch) // what they wait for is from before the break
 	}
@@ -567,11 +574,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	if !b.closed {
 		b.closed = true
 		close(b.done)
-		for _, g := range b.groups {
-			if ch := g.take(); ch != nil {
-				waiting = append(waiting, ch)
-			}
-		}
+		waiting = b.takeAll(nil)
 		if b.beatTimer != nil {
 			b.beatTimer.Stop()
 		}
